@@ -1,0 +1,188 @@
+"""The factorization-machine model: predictor in O(k · nnz), likelihoods, and the NumPyro model.
+
+The second-order FM equation for a row with features ``x_j``::
+
+    f(x) = w0 + sum_j w_j x_j + 1/2 sum_f [ (sum_j x_j v_jf)^2 - sum_j x_j^2 v_jf^2 ]
+
+is evaluated per *entity* (user, item, ...) first: each entity's own embedding plus the
+aggregated features it owns give ``lin_e``, ``s_e = sum_j x_j v_j`` and
+``q_e = sum_j x_j^2 |v_j|^2``; rows then gather these per entity and add row-level terms.
+Matrix factorization is the case of exactly two entities and no other field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.special import ndtr
+from numpyro.distributions.transforms import OrderedTransform
+
+from .data import ROW, Structure
+from .priors import PriorConfig, sample_group
+
+__all__ = ["TASKS", "LINKS", "ModelSpec", "fm_predictor", "mf_predictor", "fm_model"]
+
+TASKS = ("regression", "binary", "ordinal")
+LINKS = ("probit", "logit")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static description of one model (hashable, so that it can be closed over by jit).
+
+    Parameters
+    ----------
+    structure : Structure
+        Entities and terms of the encoded features.
+    rank : int
+        Number of latent factors.
+    task : str
+        ``"regression"``, ``"binary"`` or ``"ordinal"``.
+    link : str
+        ``"probit"`` or ``"logit"`` (binary task only).
+    n_classes : int
+        Number of ordered classes (ordinal task only).
+    prior : PriorConfig
+        Hierarchical prior settings.
+    use_mf_path : bool
+        Use the two-gather MF predictor (only valid for two entities and no terms).
+    """
+
+    structure: Structure
+    rank: int
+    task: str = "regression"
+    link: str = "probit"
+    n_classes: int = 0
+    prior: PriorConfig = PriorConfig()
+    use_mf_path: bool = False
+
+
+def _segment(x: jnp.ndarray, unit: jnp.ndarray, n: int) -> jnp.ndarray:
+    return jax.ops.segment_sum(x, unit, num_segments=n, indices_are_sorted=True)
+
+
+def fm_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+    """Latent FM mean per row (without the global offset).
+
+    ``params`` holds ``w0``, ``w_{g}`` and ``v_{g}`` for every group; tables may be longer
+    than the training sizes (prediction appends slots for unseen levels).
+    """
+    ent_lin, ent_s, ent_q = {}, {}, {}
+    for d, _ in structure.entities:
+        v = params[f"v_{d}"]
+        ent_lin[d], ent_s[d], ent_q[d] = params[f"w_{d}"], v, jnp.sum(v * v, -1)
+    n_rows = next(iter(data["entity"].values())).shape[0]
+    row_lin = row_s = row_q = 0.0
+    for t in structure.terms:
+        td = data["terms"][t.dim]
+        unit, index, value = td["unit"], td["index"], td["value"]
+        g = params[f"v_{t.dim}"][index] * value[:, None]
+        lin_t = params[f"w_{t.dim}"][index] * value
+        q_t = jnp.sum(g * g, -1)
+        if t.carrier == ROW:
+            n = n_rows
+            row_lin = row_lin + _segment(lin_t, unit, n)
+            row_s = row_s + _segment(g, unit, n)
+            row_q = row_q + _segment(q_t, unit, n)
+        else:
+            n = ent_lin[t.carrier].shape[0]
+            ent_lin[t.carrier] = ent_lin[t.carrier] + _segment(lin_t, unit, n)
+            ent_s[t.carrier] = ent_s[t.carrier] + _segment(g, unit, n)
+            ent_q[t.carrier] = ent_q[t.carrier] + _segment(q_t, unit, n)
+    lin, s, q = row_lin, row_s, row_q
+    for d, _ in structure.entities:
+        idx = data["entity"][d]
+        lin = lin + ent_lin[d][idx]
+        s = s + ent_s[d][idx]
+        q = q + ent_q[d][idx]
+    return params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
+
+
+def mf_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+    """Biased MF mean ``w0 + w_u + w_i + <v_u, v_i>``: the FM with two one-hot fields."""
+    (du, _), (di, _) = structure.entities
+    u, i = data["entity"][du], data["entity"][di]
+    return (
+        params["w0"]
+        + params[f"w_{du}"][u]
+        + params[f"w_{di}"][i]
+        + jnp.sum(params[f"v_{du}"][u] * params[f"v_{di}"][i], -1)
+    )
+
+
+def predictor(spec: ModelSpec):
+    """The predictor function for ``spec`` (MF fast path or general FM)."""
+    return mf_predictor if spec.use_mf_path else fm_predictor
+
+
+def ordered_probit_log_probs(eta: jnp.ndarray, cutpoints: jnp.ndarray) -> jnp.ndarray:
+    """Log class probabilities of the ordered probit, shape ``eta.shape + (n_classes,)``."""
+    upper = jnp.concatenate([cutpoints, jnp.array([jnp.inf])])
+    lower = jnp.concatenate([jnp.array([-jnp.inf]), cutpoints])
+    hi = ndtr(upper - eta[..., None])
+    lo = ndtr(lower - eta[..., None])
+    # for eta far above the cutpoints use survival functions to keep precision
+    hi_s = ndtr(eta[..., None] - lower)
+    lo_s = ndtr(eta[..., None] - upper)
+    p = jnp.where(eta[..., None] > 0, hi_s - lo_s, hi - lo)
+    return jnp.log(jnp.clip(p, 1e-30, 1.0))
+
+
+def sample_globals(spec: ModelSpec) -> dict[str, jnp.ndarray]:
+    """Sample the global bias, noise precision and cutpoints (task dependent)."""
+    prior = spec.prior
+    out: dict[str, jnp.ndarray] = {}
+    if spec.task == "ordinal":
+        # the cutpoints absorb the global bias
+        out["w0"] = jnp.zeros(())
+        base = dist.Normal(0.0, 3.0).expand([spec.n_classes - 1]).to_event(1)
+        out["cutpoints"] = numpyro.sample(
+            "cutpoints", dist.TransformedDistribution(base, OrderedTransform())
+        )
+    else:
+        out["w0"] = numpyro.sample("w0", dist.Normal(0.0, prior.bias_scale))
+    if spec.task == "regression":
+        tau = numpyro.sample("noise_precision", dist.Gamma(prior.noise_alpha, prior.noise_beta))
+        out["sigma"] = numpyro.deterministic("sigma", 1.0 / jnp.sqrt(tau))
+    return out
+
+
+def likelihood(spec: ModelSpec, eta: jnp.ndarray, globals_: dict[str, jnp.ndarray]):
+    """The observation distribution given the latent mean ``eta``."""
+    if spec.task == "regression":
+        return dist.Normal(eta, globals_["sigma"])
+    if spec.task == "binary":
+        if spec.link == "logit":
+            return dist.Bernoulli(logits=eta)
+        return dist.Bernoulli(probs=jnp.clip(ndtr(eta), 1e-7, 1 - 1e-7))
+    return dist.Categorical(logits=ordered_probit_log_probs(eta, globals_["cutpoints"]))
+
+
+def fm_model(data: dict[str, Any], offset: jnp.ndarray, y: jnp.ndarray | None, *, spec: ModelSpec):
+    """NumPyro model of the Bayesian FM.
+
+    Parameters
+    ----------
+    data : dict
+        Encoded arrays from :meth:`bayesfm.data.Encoded.arrays`.
+    offset : array
+        Constant added to the latent mean (training mean, or the probit of the base rate),
+        so that the global bias is centred at zero.
+    y : array or None
+        Observations (float for regression, 0/1 for binary, 0..C-1 for ordinal).
+    spec : ModelSpec
+        Static model description.
+    """
+    params = sample_globals(spec)
+    for group in spec.structure.groups:
+        w, v = sample_group(group, spec.structure.n_levels(group), spec.rank, spec.prior)
+        params[f"w_{group}"], params[f"v_{group}"] = w, v
+    eta = offset + predictor(spec)(params, data, spec.structure)
+    n = eta.shape[0]
+    with numpyro.plate("obs", n, dim=-1):
+        numpyro.sample("y", likelihood(spec, eta, params), obs=y)

@@ -1,0 +1,342 @@
+"""Inference runners (NUTS, SVI) behind one result type, :class:`PosteriorDraws`.
+
+Both runners return draws shaped ``(chain, draw, ...)`` for every parameter site, so that
+prediction, InferenceData and diagnostics are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from jax import monitoring
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, TraceMeanField_ELBO
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.initialization import init_to_value
+
+__all__ = [
+    "NUTSConfig",
+    "SVIConfig",
+    "PosteriorDraws",
+    "INFERENCE_METHODS",
+    "resolve_inference",
+    "run_nuts",
+    "run_svi",
+    "compile_timer",
+]
+
+INFERENCE_METHODS = ("nuts", "svi")
+SVI_GUIDES = ("normal", "lowrank")
+CHAIN_METHODS = ("auto", "parallel", "sequential", "vectorized")
+
+
+@dataclass(frozen=True)
+class NUTSConfig:
+    """Settings of the NUTS sampler (numpyro's argument names).
+
+    Parameters
+    ----------
+    num_warmup, num_samples, num_chains, thinning : int
+        As in :class:`numpyro.infer.MCMC`.
+    target_accept_prob, max_tree_depth : float, int
+        As in :class:`numpyro.infer.NUTS`.
+    chain_method : {"auto", "parallel", "sequential", "vectorized"}
+        ``"auto"`` runs chains in parallel when there are enough devices, vectorized on a
+        GPU, and sequentially otherwise.
+    parametrization : {"noncentered", "centered"}
+        Parametrization of the hierarchical groups used by NUTS.
+    init_svi_steps : int
+        Steps of a mean-field SVI fit used to initialize the chains (0: prior median).
+        The chains start from independent draws of that fit, and the diagonal mass matrix
+        from its variances.
+    progress_bar : bool
+        Show progress bars.
+
+    Examples
+    --------
+    >>> NUTSConfig(num_chains=2, num_samples=200).num_warmup
+    500
+    """
+
+    num_warmup: int = 500
+    num_samples: int = 500
+    num_chains: int = 4
+    thinning: int = 1
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 8
+    chain_method: str = "auto"
+    parametrization: str = "noncentered"
+    init_svi_steps: int = 1500
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("num_warmup", "num_samples", "num_chains", "thinning"))
+        if self.chain_method not in CHAIN_METHODS:
+            raise ValueError(
+                f"chain_method: got {self.chain_method!r}; allowed {list(CHAIN_METHODS)}"
+            )
+        if not 0 < self.target_accept_prob < 1:
+            raise ValueError(
+                f"target_accept_prob: got {self.target_accept_prob!r}; allowed (0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class SVIConfig:
+    """Settings of stochastic variational inference.
+
+    Parameters
+    ----------
+    num_steps : int
+        Optimization steps.
+    learning_rate : float
+        Initial Adam step size; decays exponentially to ``lr_decay`` times it.
+    lr_decay : float
+        Final learning rate as a fraction of the initial one.
+    guide : {"normal", "lowrank"}
+        Mean-field ``AutoNormal`` or ``AutoLowRankMultivariateNormal``.
+    guide_rank : int
+        Rank of the low-rank guide.
+    num_samples : int
+        Posterior draws taken from the fitted guide (one chain).
+    num_particles : int
+        ELBO particles per step.
+    progress_bar : bool
+        Show a progress bar.
+
+    Examples
+    --------
+    >>> SVIConfig(num_steps=500).guide
+    'normal'
+    """
+
+    num_steps: int = 3000
+    learning_rate: float = 0.02
+    lr_decay: float = 0.1
+    guide: str = "normal"
+    guide_rank: int = 10
+    num_samples: int = 500
+    num_particles: int = 1
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("num_steps", "num_samples", "num_particles", "guide_rank"))
+        if self.guide not in SVI_GUIDES:
+            raise ValueError(f"guide: got {self.guide!r}; allowed {list(SVI_GUIDES)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: got {self.learning_rate!r}; must be positive")
+
+
+def _check_positive(cfg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: got {value!r}; must be an integer >= 1")
+
+
+def resolve_inference(inference: str | NUTSConfig | SVIConfig) -> NUTSConfig | SVIConfig:
+    """Turn ``"nuts"``/``"svi"`` or a config object into a config object."""
+    if isinstance(inference, NUTSConfig | SVIConfig):
+        return inference
+    if isinstance(inference, str) and inference.lower() in INFERENCE_METHODS:
+        return NUTSConfig() if inference.lower() == "nuts" else SVIConfig()
+    raise ValueError(
+        f"inference: got {inference!r}; allowed are {list(INFERENCE_METHODS)} "
+        "or a NUTSConfig / SVIConfig object"
+    )
+
+
+@dataclass
+class PosteriorDraws:
+    """Posterior draws of every site, shaped ``(chain, draw, ...)``, plus run information."""
+
+    samples: dict[str, np.ndarray]
+    method: str
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    loss: np.ndarray | None = None
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.samples.values())).shape[1]
+
+
+@contextlib.contextmanager
+def compile_timer() -> Iterator[dict[str, float]]:
+    """Accumulate JAX tracing + lowering + compilation seconds inside the block.
+
+    Yields a dict whose ``"compile_s"`` entry is filled in as compilation events arrive.
+    """
+    out = {"compile_s": 0.0}
+    active = [True]
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if active[0] and event.startswith("/jax/core/compile/"):
+            out["compile_s"] += duration
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield out
+    finally:
+        active[0] = False
+        with contextlib.suppress(Exception):
+            monitoring.unregister_event_duration_listener(listener)
+
+
+# ------------------------------------------------------------------------------------ SVI
+def _make_guide(model: Callable, cfg: SVIConfig, init_values: dict | None = None):
+    init = init_to_value(values=init_values) if init_values else numpyro.infer.init_to_median()
+    if cfg.guide == "lowrank":
+        return AutoLowRankMultivariateNormal(model, rank=cfg.guide_rank, init_loc_fn=init)
+    return AutoNormal(model, init_loc_fn=init, init_scale=0.05)
+
+
+def fit_svi(
+    model: Callable, args: tuple, cfg: SVIConfig, rng_key: jax.Array, init_values: dict | None
+) -> tuple[Any, dict, np.ndarray, dict[str, float]]:
+    """Optimize the ELBO; return the guide, its parameters, the loss trace and timings."""
+    guide = _make_guide(model, cfg, init_values)
+    n = cfg.num_steps
+    lr, decay = cfg.learning_rate, cfg.lr_decay
+
+    def schedule(i):
+        return lr * decay ** (i / n)
+
+    optim = numpyro.optim.ClippedAdam(step_size=schedule, clip_norm=10.0)
+    elbo_cls = TraceMeanField_ELBO if cfg.guide == "normal" else Trace_ELBO
+    svi = SVI(model, guide, optim, elbo_cls(num_particles=cfg.num_particles))
+    t0 = time.perf_counter()
+    with compile_timer() as ct:
+        result = svi.run(rng_key, n, *args, progress_bar=cfg.progress_bar, stable_update=True)
+        jax.block_until_ready(result.params)
+    timings = {"svi_compile_s": ct["compile_s"], "svi_total_s": time.perf_counter() - t0}
+    return guide, result.params, np.asarray(result.losses), timings
+
+
+def run_svi(
+    model: Callable,
+    args: tuple,
+    cfg: SVIConfig,
+    rng_key: jax.Array,
+    postprocess: Callable[[dict], dict],
+    init_values: dict | None = None,
+) -> PosteriorDraws:
+    """Fit SVI and draw ``cfg.num_samples`` posterior samples as one chain."""
+    k_fit, k_draw = jax.random.split(rng_key)
+    guide, params, losses, timings = fit_svi(model, args, cfg, k_fit, init_values)
+    t0 = time.perf_counter()
+    draw = jax.jit(lambda k, p: guide.sample_posterior(k, p, sample_shape=(cfg.num_samples,)))
+    samples = postprocess({k: np.asarray(v) for k, v in draw(k_draw, params).items()})
+    timings["draw_s"] = time.perf_counter() - t0
+    samples = {k: v[None] for k, v in samples.items()}
+    return PosteriorDraws(samples, "svi", {"loss": losses}, timings, losses)
+
+
+# ----------------------------------------------------------------------------------- NUTS
+def _chain_method(cfg: NUTSConfig) -> str:
+    if cfg.chain_method != "auto":
+        return cfg.chain_method
+    if cfg.num_chains > 1 and jax.local_device_count() >= cfg.num_chains:
+        return "parallel"
+    if jax.default_backend() != "cpu":
+        return "vectorized"
+    return "sequential"
+
+
+def run_nuts(
+    model: Callable,
+    args: tuple,
+    cfg: NUTSConfig,
+    rng_key: jax.Array,
+    postprocess: Callable[[dict], dict],
+    svi_init: Callable[[jax.Array], tuple[dict, dict, dict[str, float]]] | None = None,
+) -> PosteriorDraws:
+    """Run NUTS with several chains.
+
+    ``svi_init(key)`` may return ``(init_params, inverse_mass_diag, timings)`` in the
+    unconstrained space of ``model`` with a leading chain axis for the initial values.
+    """
+    k_init, k_mcmc = jax.random.split(rng_key)
+    timings: dict[str, float] = {}
+    init_params, inv_mass = None, None
+    if svi_init is not None:
+        init_params, inv_mass, timings = svi_init(k_init)
+    kernel = NUTS(
+        model,
+        target_accept_prob=cfg.target_accept_prob,
+        max_tree_depth=cfg.max_tree_depth,
+        inverse_mass_matrix=inv_mass,
+        init_strategy=numpyro.infer.init_to_median(num_samples=15),
+    )
+    chain_method = _chain_method(cfg)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=cfg.num_warmup,
+        num_samples=cfg.num_samples * cfg.thinning,
+        num_chains=cfg.num_chains,
+        thinning=cfg.thinning,
+        chain_method=chain_method,
+        progress_bar=cfg.progress_bar,
+    )
+    t0 = time.perf_counter()
+    with compile_timer() as ct:
+        mcmc.run(
+            k_mcmc,
+            *args,
+            init_params=init_params,
+            extra_fields=("diverging", "num_steps", "energy", "adapt_state.step_size"),
+        )
+        samples = mcmc.get_samples(group_by_chain=True)
+        jax.block_until_ready(samples)
+    timings["nuts_compile_s"] = ct["compile_s"]
+    timings["nuts_total_s"] = time.perf_counter() - t0
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {
+        "diverging": np.asarray(extra["diverging"]),
+        "n_steps": np.asarray(extra["num_steps"]),
+        "tree_depth": np.floor(np.log2(np.asarray(extra["num_steps"]) + 1)).astype(int),
+        "energy": np.asarray(extra["energy"]),
+        "step_size": np.asarray(extra["adapt_state.step_size"]),
+    }
+    flat = {k: np.asarray(v) for k, v in samples.items()}
+    c, d = next(iter(flat.values())).shape[:2]
+    merged = postprocess({k: v.reshape((c * d, *v.shape[2:])) for k, v in flat.items()})
+    out = {k: v.reshape((c, d, *v.shape[1:])) for k, v in merged.items()}
+    timings["chain_method"] = chain_method  # type: ignore[assignment]
+    return PosteriorDraws(out, "nuts", stats, timings)
+
+
+def config_to_dict(cfg: NUTSConfig | SVIConfig) -> dict[str, Any]:
+    """JSON-friendly description of a config, with its kind."""
+    return {"kind": type(cfg).__name__, **asdict(cfg)}
+
+
+def config_from_dict(d: dict[str, Any]) -> NUTSConfig | SVIConfig:
+    """Inverse of :func:`config_to_dict`."""
+    d = dict(d)
+    kind = d.pop("kind")
+    cls = {"NUTSConfig": NUTSConfig, "SVIConfig": SVIConfig}[kind]
+    return cls(**d)
+
+
+def with_progress(cfg: NUTSConfig | SVIConfig, progress_bar: bool) -> NUTSConfig | SVIConfig:
+    """A copy of ``cfg`` with the progress bar switched."""
+    return replace(cfg, progress_bar=progress_bar)
+
+
+def to_jax(tree: Any) -> Any:
+    """numpy leaves to jax arrays (float64 -> float32)."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float32) if np.asarray(x).dtype == np.float64 else x, tree
+    )
