@@ -384,7 +384,9 @@ class FittedEncoder:
                 enc.levels[f.dim] = enc.levels[by_dim[f.members]]
         # entity tables of owned attributes, from the first training row of each entity
         for owner in {f.owner for f in spec.fields if f.owner and not isinstance(f, Implicit)}:
-            cols = [f.column for f in spec.fields if f.owner == owner and not isinstance(f, Implicit)]
+            cols = [
+                f.column for f in spec.fields if f.owner == owner and not isinstance(f, Implicit)
+            ]
             table = X[[owner, *cols]].drop_duplicates(subset=[owner], keep="first")
             table = table.set_index(owner).reindex(enc.levels[by_dim[owner]])
             enc.entity_tables[by_dim[owner]] = table

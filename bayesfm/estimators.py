@@ -17,10 +17,9 @@ from scipy.stats import norm
 
 from . import idata as idata_mod
 from .data import Categorical, Encoded, FeatureSpec, FittedEncoder
-from .fm import LINKS, TASKS, ModelSpec, fm_model
+from .fm import LINKS, TASKS, ModelSpec, constrain, fm_model, initial_values
 from .inference import (
     NUTSConfig,
-    PosteriorDraws,
     SVIConfig,
     fit_svi,
     resolve_inference,
@@ -244,7 +243,12 @@ class BayesianFM:
         key = jax.random.PRNGKey(self.random_state)
         if isinstance(cfg, SVIConfig):
             draws = run_svi(
-                partial(fm_model, spec=spec), args, cfg, key, partial(complete_samples, spec)
+                partial(fm_model, spec=spec),
+                args,
+                cfg,
+                key,
+                partial(complete_samples, spec, unconstrained=True),
+                initial_values(spec, jax.random.fold_in(key, 1)),
             )
         else:
             nuts_spec = replace(spec, prior=replace(prior, parametrization=cfg.parametrization))
@@ -252,8 +256,13 @@ class BayesianFM:
             if cfg.init_svi_steps > 0:
                 init = partial(_svi_init, spec=spec, nuts_spec=nuts_spec, args=args, cfg=cfg)
             draws = run_nuts(
-                partial(fm_model, spec=nuts_spec), args, cfg, key,
-                partial(complete_samples, nuts_spec), init,
+                partial(fm_model, spec=nuts_spec),
+                args,
+                cfg,
+                key,
+                partial(complete_samples, nuts_spec),
+                initial_values(nuts_spec, jax.random.fold_in(key, 1)),
+                init,
             )
         # only now, with everything computed, replace the fitted state
         self.encoder_ = encoder
@@ -363,8 +372,9 @@ class BayesianFM:
         """
         self._check_fitted()
         if self.task == "regression":
-            raise ValueError("predict_proba: task='regression' has no classes; use 'binary' "
-                             "or 'ordinal'")
+            raise ValueError(
+                "predict_proba: task='regression' has no classes; use 'binary' or 'ordinal'"
+            )
         engine = self._engine()
         cols = 2 if self.task == "binary" else len(self.classes_)
         out = np.empty((len(X), cols))
@@ -399,9 +409,9 @@ class BayesianFM:
                 lp = np.where(yy[None] == 1, np.log(p), np.log1p(-p))
             else:
                 lps = engine.class_log_probs(eta)
-                lp = np.take_along_axis(
-                    lps, np.searchsorted(self.classes_, yy)[None, :, None], -1
-                )[..., 0]
+                lp = np.take_along_axis(lps, np.searchsorted(self.classes_, yy)[None, :, None], -1)[
+                    ..., 0
+                ]
             m = lp.max(0)
             total += float(np.sum(m + np.log(np.exp(lp - m).mean(0))))
         return total / len(X)
@@ -445,8 +455,15 @@ class BayesianMF(BayesianFM):
         self.user = user
         self.item = item
         super().__init__(
-            rank=rank, features=None, task=task, link=link, inference=inference, prior=prior,
-            cold_start=cold_start, chunk_size=chunk_size, random_state=random_state,
+            rank=rank,
+            features=None,
+            task=task,
+            link=link,
+            inference=inference,
+            prior=prior,
+            cold_start=cold_start,
+            chunk_size=chunk_size,
+            random_state=random_state,
             progress_bar=progress_bar,
         )
 
@@ -465,8 +482,12 @@ class BayesianMF(BayesianFM):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def complete_samples(spec: ModelSpec, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def complete_samples(
+    spec: ModelSpec, samples: dict[str, np.ndarray], unconstrained: bool = False
+) -> dict[str, np.ndarray]:
     """Add derived sites (``sigma``; centred ``w_g``/``v_g`` from non-centred ``_z`` sites)."""
+    if unconstrained:
+        samples = {k: np.asarray(v) for k, v in constrain(samples).items()}
     out = dict(samples)
     if "noise_precision" in out and "sigma" not in out:
         out["sigma"] = 1.0 / np.sqrt(out["noise_precision"])
@@ -491,7 +512,9 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
     centred = replace(spec, prior=replace(spec.prior, parametrization="centered"))
     svi_cfg = SVIConfig(num_steps=cfg.init_svi_steps, progress_bar=cfg.progress_bar)
     k_fit, k_draw = jax.random.split(key)
-    _, params, _, timings = fit_svi(partial(fm_model, spec=centred), args, svi_cfg, k_fit, None)
+    k_fit, k_val = jax.random.split(k_fit)
+    values = initial_values(centred, k_val)
+    _, params, _, timings = fit_svi(partial(fm_model, spec=centred), args, svi_cfg, k_fit, values)
     loc = {k[: -len("_auto_loc")]: v for k, v in params.items() if k.endswith("_auto_loc")}
     scale = {k[: -len("_auto_scale")]: v for k, v in params.items() if k.endswith("_auto_scale")}
     eps = jax.tree.map(
@@ -512,5 +535,6 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
                 lam0 = jnp.exp(loc[f"{p}_lambda_{g}"])
                 var[f"{p}_{g}_z"] = var.pop(f"{p}_{g}") * (lam0 if p == "w" else lam0[None, :])
     inv_mass, _ = ravel_pytree({k: jnp.clip(v, 1e-6, 1e2) for k, v in var.items()})
+    if cfg.num_chains == 1:  # numpyro expects no chain axis for a single chain
+        z = {k: v[0] for k, v in z.items()}
     return z, inv_mass, timings
-

@@ -152,6 +152,52 @@ def sample_globals(spec: ModelSpec) -> dict[str, jnp.ndarray]:
     return out
 
 
+def initial_values(spec: ModelSpec, key: jax.Array) -> dict[str, jnp.ndarray]:
+    """Starting values of every latent site (libFM's: factors ~ N(0, 0.1), precisions 10).
+
+    Small random factors keep the optimizer away from the saddle at zero. Computed as arrays
+    so that no op-by-op model execution (slow to compile) is needed to initialize.
+    """
+    values: dict[str, jnp.ndarray] = {}
+    if spec.task == "ordinal":
+        values["cutpoints"] = jnp.linspace(-1.5, 1.5, spec.n_classes - 1)
+    else:
+        values["w0"] = jnp.zeros(())
+    if spec.task == "regression":
+        values["noise_precision"] = jnp.ones(())
+    keys = jax.random.split(key, len(spec.structure.groups))
+    for g, k in zip(spec.structure.groups, keys, strict=True):
+        n, r = spec.structure.n_levels(g), spec.rank
+        values[f"w_lambda_{g}"] = jnp.full((), 10.0)
+        values[f"w_mu_{g}"] = jnp.zeros(())
+        values[f"v_lambda_{g}"] = jnp.full((r,), 10.0)
+        values[f"v_mu_{g}"] = jnp.zeros((r,))
+        v = 0.1 * jax.random.normal(k, (n, r))
+        if spec.prior.parametrization == "noncentered":
+            values[f"w_{g}_z"] = jnp.zeros((n,))
+            values[f"v_{g}_z"] = v * jnp.sqrt(10.0)
+        else:
+            values[f"w_{g}"] = jnp.zeros((n,))
+            values[f"v_{g}"] = v
+    return values
+
+
+def constrain(unconstrained: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+    """Map unconstrained site values (as seen by NUTS and the autoguides) to the model's.
+
+    Precisions (Gamma sites) live on the log scale and the cutpoints on the ordered scale.
+    """
+    out = {}
+    for name, value in unconstrained.items():
+        if name == "noise_precision" or "_lambda_" in name:
+            out[name] = jnp.exp(value)
+        elif name == "cutpoints":
+            out[name] = OrderedTransform()(value)
+        else:
+            out[name] = value
+    return out
+
+
 def likelihood(spec: ModelSpec, eta: jnp.ndarray, globals_: dict[str, jnp.ndarray]):
     """The observation distribution given the latent mean ``eta``."""
     if spec.task == "regression":

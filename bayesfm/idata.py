@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 
-import arviz as az
 import numpy as np
+
+with warnings.catch_warnings():  # ArviZ 0.23 announces its 1.0 refactor on import
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
 
 from .data import FittedEncoder
 from .fm import ModelSpec
@@ -42,12 +46,14 @@ def from_draws(draws: PosteriorDraws, encoder: FittedEncoder, spec: ModelSpec) -
     if spec.task == "ordinal":
         coords["cutpoint"] = np.arange(spec.n_classes - 1)
     stats = {k: v for k, v in draws.sample_stats.items() if np.ndim(v) >= 2}
-    attrs = {"inference_library": "bayesfm", "inference_method": draws.method,
-             "timings": json.dumps({k: v for k, v in draws.timings.items()})}
-    return az.from_dict(
-        posterior=draws.samples,
-        sample_stats=stats or None,
-        coords=coords,
-        dims=dims,
-        attrs=attrs,
+    attrs = {
+        "inference_library": "bayesfm",
+        "inference_method": draws.method,
+        "timings": json.dumps({k: v for k, v in draws.timings.items()}),
+    }
+    idata = az.from_dict(
+        posterior=draws.samples, sample_stats=stats or None, coords=coords, dims=dims
     )
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    return idata

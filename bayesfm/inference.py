@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import jax
@@ -50,8 +51,10 @@ class NUTSConfig:
     chain_method : {"auto", "parallel", "sequential", "vectorized"}
         ``"auto"`` runs chains in parallel when there are enough devices, vectorized on a
         GPU, and sequentially otherwise.
-    parametrization : {"noncentered", "centered"}
-        Parametrization of the hierarchical groups used by NUTS.
+    parametrization : {"centered", "noncentered"}
+        Parametrization of the hierarchical groups used by NUTS. Centred suits groups whose
+        members have many observations (users and items of rating data): on MovieLens-100K
+        it took 63 leapfrog steps per iteration against 255 (saturated) non-centred.
     init_svi_steps : int
         Steps of a mean-field SVI fit used to initialize the chains (0: prior median).
         The chains start from independent draws of that fit, and the diagonal mass matrix
@@ -72,7 +75,7 @@ class NUTSConfig:
     target_accept_prob: float = 0.8
     max_tree_depth: int = 8
     chain_method: str = "auto"
-    parametrization: str = "noncentered"
+    parametrization: str = "centered"
     init_svi_steps: int = 1500
     progress_bar: bool = True
 
@@ -83,9 +86,7 @@ class NUTSConfig:
                 f"chain_method: got {self.chain_method!r}; allowed {list(CHAIN_METHODS)}"
             )
         if not 0 < self.target_accept_prob < 1:
-            raise ValueError(
-                f"target_accept_prob: got {self.target_accept_prob!r}; allowed (0, 1)"
-            )
+            raise ValueError(f"target_accept_prob: got {self.target_accept_prob!r}; allowed (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -195,17 +196,23 @@ def compile_timer() -> Iterator[dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------ SVI
-def _make_guide(model: Callable, cfg: SVIConfig, init_values: dict | None = None):
-    init = init_to_value(values=init_values) if init_values else numpyro.infer.init_to_median()
+def _make_guide(model: Callable, cfg: SVIConfig, init_values: dict):
+    init = init_to_value(values=init_values)
     if cfg.guide == "lowrank":
-        return AutoLowRankMultivariateNormal(model, rank=cfg.guide_rank, init_loc_fn=init)
+        return AutoLowRankMultivariateNormal(
+            model, rank=cfg.guide_rank, init_loc_fn=init, init_scale=0.05
+        )
     return AutoNormal(model, init_loc_fn=init, init_scale=0.05)
 
 
 def fit_svi(
-    model: Callable, args: tuple, cfg: SVIConfig, rng_key: jax.Array, init_values: dict | None
+    model: Callable, args: tuple, cfg: SVIConfig, rng_key: jax.Array, init_values: dict
 ) -> tuple[Any, dict, np.ndarray, dict[str, float]]:
-    """Optimize the ELBO; return the guide, its parameters, the loss trace and timings."""
+    """Optimize the ELBO; return the guide, its parameters, the loss trace and timings.
+
+    ``init_values`` gives every latent site's starting value; initializing inside one jitted
+    call avoids numpyro's op-by-op model execution, which spends ~10 s compiling.
+    """
     guide = _make_guide(model, cfg, init_values)
     n = cfg.num_steps
     lr, decay = cfg.learning_rate, cfg.lr_decay
@@ -218,7 +225,11 @@ def fit_svi(
     svi = SVI(model, guide, optim, elbo_cls(num_particles=cfg.num_particles))
     t0 = time.perf_counter()
     with compile_timer() as ct:
-        result = svi.run(rng_key, n, *args, progress_bar=cfg.progress_bar, stable_update=True)
+        k_init, k_run = jax.random.split(rng_key)
+        state = jax.jit(svi.init)(k_init, *args)
+        result = svi.run(
+            k_run, n, *args, progress_bar=cfg.progress_bar, stable_update=True, init_state=state
+        )
         jax.block_until_ready(result.params)
     timings = {"svi_compile_s": ct["compile_s"], "svi_total_s": time.perf_counter() - t0}
     return guide, result.params, np.asarray(result.losses), timings
@@ -230,17 +241,38 @@ def run_svi(
     cfg: SVIConfig,
     rng_key: jax.Array,
     postprocess: Callable[[dict], dict],
-    init_values: dict | None = None,
+    init_values: dict,
 ) -> PosteriorDraws:
     """Fit SVI and draw ``cfg.num_samples`` posterior samples as one chain."""
     k_fit, k_draw = jax.random.split(rng_key)
     guide, params, losses, timings = fit_svi(model, args, cfg, k_fit, init_values)
     t0 = time.perf_counter()
-    draw = jax.jit(lambda k, p: guide.sample_posterior(k, p, sample_shape=(cfg.num_samples,)))
-    samples = postprocess({k: np.asarray(v) for k, v in draw(k_draw, params).items()})
+    draw = jax.jit(partial(guide_draws, guide, num_samples=cfg.num_samples))
+    samples = postprocess({k: np.asarray(v) for k, v in draw(params, k_draw).items()})
     timings["draw_s"] = time.perf_counter() - t0
     samples = {k: v[None] for k, v in samples.items()}
     return PosteriorDraws(samples, "svi", {"loss": losses}, timings, losses)
+
+
+def guide_draws(guide: Any, params: dict, key: jax.Array, num_samples: int) -> dict:
+    """Draws from a fitted autoguide, in the model's unconstrained space.
+
+    Reads the variational parameters directly: the guide's own ``sample_posterior`` would
+    re-use the model arguments captured when it was initialized under ``jit``.
+    """
+    if isinstance(guide, AutoNormal):
+        loc = {k[: -len("_auto_loc")]: v for k, v in params.items() if k.endswith("_auto_loc")}
+        keys = dict(zip(loc, jax.random.split(key, len(loc)), strict=True))
+        return {
+            k: v + params[f"{k}_auto_scale"] * jax.random.normal(keys[k], (num_samples, *v.shape))
+            for k, v in loc.items()
+        }
+    loc, factor, scale = params["auto_loc"], params["auto_cov_factor"], params["auto_scale"]
+    k1, k2 = jax.random.split(key)
+    eps_low = jax.random.normal(k1, (num_samples, factor.shape[1]))
+    eps_diag = jax.random.normal(k2, (num_samples, loc.shape[0]))
+    flat = loc + eps_low @ factor.T + scale * eps_diag
+    return jax.vmap(guide._unpack_latent)(flat)
 
 
 # ----------------------------------------------------------------------------------- NUTS
@@ -260,12 +292,15 @@ def run_nuts(
     cfg: NUTSConfig,
     rng_key: jax.Array,
     postprocess: Callable[[dict], dict],
+    init_values: dict,
     svi_init: Callable[[jax.Array], tuple[dict, dict, dict[str, float]]] | None = None,
 ) -> PosteriorDraws:
     """Run NUTS with several chains.
 
-    ``svi_init(key)`` may return ``(init_params, inverse_mass_diag, timings)`` in the
-    unconstrained space of ``model`` with a leading chain axis for the initial values.
+    ``init_values`` are constrained starting values of every latent site (used as they are
+    when ``svi_init`` is None). ``svi_init(key)`` may return
+    ``(init_params, inverse_mass_diag, timings)`` in the unconstrained space of ``model``, with
+    a leading chain axis for the initial values.
     """
     k_init, k_mcmc = jax.random.split(rng_key)
     timings: dict[str, float] = {}
@@ -277,7 +312,7 @@ def run_nuts(
         target_accept_prob=cfg.target_accept_prob,
         max_tree_depth=cfg.max_tree_depth,
         inverse_mass_matrix=inv_mass,
-        init_strategy=numpyro.infer.init_to_median(num_samples=15),
+        init_strategy=init_to_value(values=init_values),
     )
     chain_method = _chain_method(cfg)
     mcmc = MCMC(

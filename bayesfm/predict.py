@@ -80,7 +80,14 @@ class PredictiveEngine:
     def _params_needed(self) -> list[str]:
         names = ["w0"] if "w0" in self.samples else []
         for g in self.spec.structure.groups:
-            names += [f"w_{g}", f"v_{g}", f"w_mu_{g}", f"w_lambda_{g}", f"v_mu_{g}", f"v_lambda_{g}"]
+            names += [
+                f"w_{g}",
+                f"v_{g}",
+                f"w_mu_{g}",
+                f"w_lambda_{g}",
+                f"v_mu_{g}",
+                f"v_lambda_{g}",
+            ]
         return names
 
     def _flat_params(self) -> dict[str, np.ndarray]:
@@ -143,8 +150,10 @@ class PredictiveEngine:
                 b1 = min(b0 + batch, nd)
                 p = {k: v[b0:b1] for k, v in params.items()}
                 if b1 - b0 < batch:  # pad the last batch of draws to keep one program
-                    p = {k: np.concatenate([v, np.repeat(v[-1:], batch - (b1 - b0), 0)])
-                         for k, v in p.items()}
+                    p = {
+                        k: np.concatenate([v, np.repeat(v[-1:], batch - (b1 - b0), 0)])
+                        for k, v in p.items()
+                    }
                 # the same (draw, level) gets the same prior draw in every chunk
                 key = jax.random.fold_in(base_key, b0)
                 eta = _latent_batch(

@@ -1,0 +1,62 @@
+"""Shared, session-scoped fitted models: JAX compilation dominates test time."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import bayesfm as bfm
+from bayesfm.datasets import make_synthetic, make_toy_mf
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+SIDE_SPEC = [
+    bfm.Categorical("user_id"),
+    bfm.Categorical("item_id"),
+    bfm.Categorical("occupation", owner="user_id"),
+    bfm.Numeric("age", owner="user_id"),
+    bfm.MultiHot("genres", owner="item_id"),
+]
+
+
+@pytest.fixture(scope="session")
+def toy():
+    return make_toy_mf()
+
+
+@pytest.fixture(scope="session")
+def synthetic_split():
+    """Planted FM data with side features, split 80/20 by rows."""
+    data = make_synthetic(n_users=60, n_items=40, n_obs=1500, rank=2, noise_sd=0.5, seed=1)
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(data.y), bool)
+    test[rng.choice(len(data.y), 300, replace=False)] = True
+    return data, ~test, test
+
+
+@pytest.fixture(scope="session")
+def svi_fm(synthetic_split):
+    data, train, _ = synthetic_split
+    model = bfm.BayesianFM(
+        rank=2,
+        features=bfm.FeatureSpec(SIDE_SPEC),
+        inference=bfm.SVIConfig(num_steps=1500, num_samples=300),
+        progress_bar=False,
+    )
+    return model.fit(data.X[train], data.y[train])
+
+
+@pytest.fixture(scope="session")
+def nuts_fm(synthetic_split):
+    data, train, _ = synthetic_split
+    model = bfm.BayesianFM(
+        rank=2,
+        features=bfm.FeatureSpec(SIDE_SPEC),
+        inference=bfm.NUTSConfig(
+            num_warmup=150, num_samples=150, num_chains=2, init_svi_steps=500, max_tree_depth=6
+        ),
+        progress_bar=False,
+    )
+    return model.fit(data.X[train], data.y[train])
