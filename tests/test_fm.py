@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import pytest
 from numpyro.infer.util import log_density
 
 import bayesfm as bfm
@@ -122,15 +121,19 @@ def test_fm_predictor_matches_dense_pairwise_oracle():
     np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("parametrization", ["centered", "noncentered"])
-def test_parametrizations_define_the_same_density_of_the_predictions(toy, parametrization):
-    """Both parametrizations run and give finite log densities at their initial values."""
+def test_noncentered_sites_map_to_the_centered_parameters(toy):
+    """``v = mu + z / sqrt(lambda)``: both parametrizations describe the same FM parameters."""
     X, y = toy
     spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id")])
     enc = FittedEncoder.fit(spec, X)
-    mspec = ModelSpec(enc.structure, rank=2, prior=bfm.PriorConfig(parametrization=parametrization))
-    values = initial_values(mspec, jax.random.PRNGKey(0))
+    prior = bfm.PriorConfig(parametrization="noncentered")
+    mspec = ModelSpec(enc.structure, rank=2, prior=prior)
+    values = _random_params(mspec, 5)
     args = (to_jax(enc.transform(X).arrays()), jnp.float32(2.0), jnp.asarray(y, jnp.float32))
     lp, trace = log_density(partial(fm_model, spec=mspec), args, {}, values)
     assert np.isfinite(lp)
-    assert trace["v_user"]["value"].shape == (2, 2)
+    expected_v = values["v_mu_user"] + values["v_user_z"] / jnp.sqrt(values["v_lambda_user"])
+    np.testing.assert_allclose(trace["v_user"]["value"], expected_v, rtol=1e-6)
+    expected_w = values["w_mu_item"] + values["w_item_z"] / jnp.sqrt(values["w_lambda_item"])
+    np.testing.assert_allclose(trace["w_item"]["value"], expected_w, rtol=1e-6)
+    assert "v_user" not in {k for k, v in trace.items() if v["type"] == "sample"}
