@@ -444,15 +444,11 @@ class FittedEncoder:
         new_entities: dict[str, np.ndarray] = {}
         for f in spec.fields:
             if isinstance(f, Categorical) and f.owner is None:
-                vals = X[f.column].to_numpy()
-                idx = self.index(f.dim, vals)
-                unk = idx < 0
-                if unk.any():
-                    new_vals, inv = np.unique(vals[unk].astype(str), return_inverse=True)
-                    idx[unk] = len(self.levels[f.dim]) + inv
-                    n_unknown[f.dim] = len(new_vals)
-                    first = pd.Series(np.flatnonzero(unk)).groupby(inv).first().to_numpy()
-                    new_entities[f.dim] = first  # row of X describing each new entity
+                idx, inv = self._index_with_slots(f.dim, X[f.column].to_numpy(), n_unknown)
+                if inv is not None:
+                    unk = np.flatnonzero(idx >= len(self.levels[f.dim]))
+                    # the first row of X describing each new entity, in slot order
+                    new_entities[f.dim] = pd.Series(unk).groupby(inv).first().to_numpy()
                 entity_index[f.dim] = idx
         terms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for f in spec.fields:
@@ -476,34 +472,41 @@ class FittedEncoder:
             terms[f.dim] = (unit, index, value)
         return Encoded(n_rows=n, entity_index=entity_index, terms=terms, n_unknown=n_unknown)
 
+    def _index_with_slots(
+        self, dim: str, values: np.ndarray, n_unknown: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Level indices with unseen values mapped to slots ``n_levels + j`` (sorted by name).
+
+        Records the number of slots in ``n_unknown[dim]``; returns the indices and the slot
+        number of each unseen value (None when all were seen).
+        """
+        if len(values) == 0:
+            return np.zeros(0, np.int64), None
+        idx = self.index(dim, values)
+        unk = idx < 0
+        if not unk.any():
+            return idx, None
+        new_vals, inv = np.unique(values[unk].astype(str), return_inverse=True)
+        idx[unk] = len(self.levels[dim]) + inv
+        n_unknown[dim] = len(new_vals)
+        return idx, inv
+
     def _encode_term(
         self, f: Field, table: pd.DataFrame, units: np.ndarray, n_unknown: dict[str, int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n_lev = len(self.levels[f.dim])
         if isinstance(f, Numeric):
             v = self._check_numeric(table, f)
             mu, sd = self.scaling[f.dim]
             return units, np.zeros(len(units), np.int64), (v - mu) / sd
         if isinstance(f, Categorical):
-            vals = table[f.column].to_numpy()
-            idx = self.index(f.dim, vals)
-            unk = idx < 0
-            if unk.any():
-                new_vals, inv = np.unique(vals[unk].astype(str), return_inverse=True)
-                idx[unk] = n_lev + inv
-                n_unknown[f.dim] = len(new_vals)
+            idx, _ = self._index_with_slots(f.dim, table[f.column].to_numpy(), n_unknown)
             return units, idx, np.ones(len(units))
         assert isinstance(f, MultiHot)
         sets = [_as_set(v, f.sep, f.column) for v in table[f.column].to_numpy()]
         lengths = np.fromiter((len(s) for s in sets), np.int64, len(sets))
         members = np.asarray([m for s in sets for m in s], dtype=object)
         unit = np.repeat(units, lengths)
-        idx = self.index(f.dim, members) if len(members) else np.zeros(0, np.int64)
-        unk = idx < 0
-        if unk.any():
-            new_vals, inv = np.unique(members[unk].astype(str), return_inverse=True)
-            idx[unk] = n_lev + inv
-            n_unknown[f.dim] = len(new_vals)
+        idx, _ = self._index_with_slots(f.dim, members, n_unknown)
         value = np.repeat(1.0 / np.maximum(lengths, 1), lengths)
         return unit, idx, value
 
