@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import datasets
 from .data import Categorical, FeatureSpec, Implicit, MultiHot, Numeric
 from .estimators import BayesianFM, BayesianMF, NotFittedError
-from .inference import NUTSConfig, SVIConfig
+from .inference import GibbsConfig, NUTSConfig, SVIConfig
 from .priors import PriorConfig
 
 try:
@@ -18,6 +18,7 @@ __all__ = [
     "BayesianMF",
     "Categorical",
     "FeatureSpec",
+    "GibbsConfig",
     "Implicit",
     "MultiHot",
     "NUTSConfig",

@@ -27,11 +27,11 @@ def _demo(args: argparse.Namespace) -> int:
             bfm.MultiHot("genres", owner="item_id"),
         ]
     )
-    inference = (
-        bfm.NUTSConfig(num_warmup=200, num_samples=200, num_chains=2, init_svi_steps=500)
-        if args.inference == "nuts"
-        else bfm.SVIConfig(num_steps=2000, num_samples=400)
-    )
+    inference = {
+        "nuts": bfm.NUTSConfig(num_warmup=200, num_samples=200, num_chains=2, init_svi_steps=500),
+        "svi": bfm.SVIConfig(num_steps=2000, num_samples=400),
+        "gibbs": bfm.GibbsConfig(num_warmup=200, num_samples=300, num_chains=2),
+    }[args.inference]
     model = bfm.BayesianFM(rank=3, features=spec, inference=inference, progress_bar=not args.quiet)
     print(f"Synthetic data: {len(data.y)} ratings, {test.sum()} held out; fitting {args.inference}")
     t0 = time.perf_counter()
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bayesfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit a small synthetic problem and print intervals")
-    demo.add_argument("--inference", choices=["svi", "nuts"], default="svi")
+    demo.add_argument("--inference", choices=["svi", "nuts", "gibbs"], default="svi")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)

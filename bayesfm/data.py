@@ -285,9 +285,9 @@ def _is_numeric_dtype(s: pd.Series) -> bool:
 
 def _as_set(value: Any, sep: str, column: str) -> tuple:
     if isinstance(value, str):
-        return tuple(v for v in value.split(sep) if v != "") if value else ()
+        return tuple(dict.fromkeys(v for v in value.split(sep) if v != "")) if value else ()
     if isinstance(value, list | tuple | set | frozenset | np.ndarray):
-        return tuple(value)
+        return tuple(dict.fromkeys(value))  # a set: repeated members count once
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ()
     raise TypeError(

@@ -18,11 +18,15 @@ from scipy.stats import norm
 from . import idata as idata_mod
 from .data import Categorical, Encoded, FeatureSpec, FittedEncoder
 from .fm import LINKS, TASKS, ModelSpec, constrain, fm_model, initial_values
+from .gibbs import FMGibbs, gibbs_plan
 from .inference import (
+    GibbsConfig,
+    InferenceConfig,
     NUTSConfig,
     SVIConfig,
     fit_svi,
     resolve_inference,
+    run_gibbs,
     run_nuts,
     run_svi,
     to_jax,
@@ -83,7 +87,7 @@ class BayesianFM:
         features: FeatureSpec | list | None = None,
         task: str = "regression",
         link: str = "probit",
-        inference: str | NUTSConfig | SVIConfig = "nuts",
+        inference: str | InferenceConfig = "nuts",
         prior: PriorConfig | None = None,
         cold_start: str = "prior",
         chunk_size: int = 4096,
@@ -238,7 +242,15 @@ class BayesianFM:
             y_model = y_arr.astype(np.float32)
             offset = float(y_arr.mean())
         spec = self._model_spec(encoder, rank, prior, 0 if classes is None else len(classes))
-        data = to_jax(encoded.arrays())
+        if isinstance(cfg, GibbsConfig) and self.task != "regression":
+            raise ValueError(
+                f"inference: the Gibbs sampler supports task='regression' so far; got "
+                f"task={self.task!r}. Use inference='nuts' or 'svi' for this task"
+            )
+        arrays = encoded.arrays()
+        if isinstance(cfg, GibbsConfig):
+            arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+        data = to_jax(arrays)
         args = (data, jnp.float32(offset), jnp.asarray(y_model))
         key = jax.random.PRNGKey(self.random_state)
         if isinstance(cfg, SVIConfig):
@@ -250,6 +262,8 @@ class BayesianFM:
                 partial(complete_samples, spec, unconstrained=True),
                 initial_values(spec, jax.random.fold_in(key, 1)),
             )
+        elif isinstance(cfg, GibbsConfig):
+            draws = run_gibbs(FMGibbs(spec), args, cfg, key)
         else:
             nuts_spec = replace(spec, prior=replace(prior, parametrization=cfg.parametrization))
             init = None
@@ -445,7 +459,7 @@ class BayesianMF(BayesianFM):
         item: str = "item_id",
         task: str = "regression",
         link: str = "probit",
-        inference: str | NUTSConfig | SVIConfig = "nuts",
+        inference: str | InferenceConfig = "nuts",
         prior: PriorConfig | None = None,
         cold_start: str = "prior",
         chunk_size: int = 4096,

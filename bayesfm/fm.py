@@ -25,7 +25,15 @@ from numpyro.distributions.transforms import OrderedTransform
 from .data import ROW, Structure
 from .priors import PriorConfig, sample_group
 
-__all__ = ["TASKS", "LINKS", "ModelSpec", "fm_predictor", "mf_predictor", "fm_model"]
+__all__ = [
+    "TASKS",
+    "LINKS",
+    "ModelSpec",
+    "fm_components",
+    "fm_predictor",
+    "mf_predictor",
+    "fm_model",
+]
 
 TASKS = ("regression", "binary", "ordinal")
 LINKS = ("probit", "logit")
@@ -66,11 +74,11 @@ def _segment(x: jnp.ndarray, unit: jnp.ndarray, n: int) -> jnp.ndarray:
     return jax.ops.segment_sum(x, unit, num_segments=n, indices_are_sorted=True)
 
 
-def fm_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
-    """Latent FM mean per row (without the global offset).
+def fm_components(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+    """Per-row sums of the FM: ``(lin, s, q)`` with ``f = w0 + lin + (|s|^2 - q) / 2``.
 
-    ``params`` holds ``w0``, ``w_{g}`` and ``v_{g}`` for every group; tables may be longer
-    than the training sizes (prediction appends slots for unseen levels).
+    ``lin = sum_j x_j w_j``, ``s = sum_j x_j v_j`` (rows, rank) and ``q = sum_j x_j^2 |v_j|^2``.
+    Entity-owned features are aggregated per entity first, then gathered per row.
     """
     ent_lin, ent_s, ent_q = {}, {}, {}
     for d, _ in structure.entities:
@@ -100,6 +108,16 @@ def fm_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure
         lin = lin + ent_lin[d][idx]
         s = s + ent_s[d][idx]
         q = q + ent_q[d][idx]
+    return lin, s, q
+
+
+def fm_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+    """Latent FM mean per row (without the global offset).
+
+    ``params`` holds ``w0``, ``w_{g}`` and ``v_{g}`` for every group; tables may be longer
+    than the training sizes (prediction appends slots for unseen levels).
+    """
+    lin, s, q = fm_components(params, data, structure)
     return params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
 
 

@@ -60,3 +60,15 @@ def nuts_fm(synthetic_split):
         progress_bar=False,
     )
     return model.fit(data.X[train], data.y[train])
+
+
+@pytest.fixture(scope="session")
+def gibbs_fm(synthetic_split):
+    data, train, _ = synthetic_split
+    model = bfm.BayesianFM(
+        rank=2,
+        features=bfm.FeatureSpec(SIDE_SPEC),
+        inference=bfm.GibbsConfig(num_warmup=200, num_samples=300, num_chains=2),
+        progress_bar=False,
+    )
+    return model.fit(data.X[train], data.y[train])

@@ -135,7 +135,7 @@ def _mf(**kw):
             None,
             None,
             ValueError,
-            r"inference: got 'mcmc'; allowed are \['nuts', 'svi'\]",
+            r"inference: got 'mcmc'; allowed are \['nuts', 'svi', 'gibbs'\]",
         ),
         (lambda: _mf(cold_start="zero"), None, None, ValueError, "cold_start: got 'zero'"),
         (_mf, "notframe", None, TypeError, "X: got ndarray; expected a pandas DataFrame"),

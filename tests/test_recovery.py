@@ -15,7 +15,7 @@ def _coverage(model, X, y, prob):
     return float(np.mean((y >= iv.lower) & (y <= iv.upper)))
 
 
-@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm"])
+@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm", "gibbs_fm"])
 def test_noise_scale_is_recovered(fixture, request, synthetic_split):
     model = request.getfixturevalue(fixture)
     data, _, _ = synthetic_split
@@ -25,7 +25,7 @@ def test_noise_scale_is_recovered(fixture, request, synthetic_split):
     assert abs(sigma.mean() - data.noise_sd) < 0.1 * data.noise_sd
 
 
-@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm"])
+@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm", "gibbs_fm"])
 def test_held_out_predictions_recover_the_planted_mean(fixture, request, synthetic_split):
     model = request.getfixturevalue(fixture)
     data, _, test = synthetic_split
@@ -37,7 +37,7 @@ def test_held_out_predictions_recover_the_planted_mean(fixture, request, synthet
     assert np.corrcoef(pred, truth)[0, 1] > 0.85
 
 
-@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm"])
+@pytest.mark.parametrize("fixture", ["svi_fm", "nuts_fm", "gibbs_fm"])
 def test_90_percent_intervals_cover_held_out_data(fixture, request, synthetic_split):
     model = request.getfixturevalue(fixture)
     data, _, test = synthetic_split

@@ -1,0 +1,467 @@
+"""Blocked Gibbs sampler for the Bayesian FM (the libFM / BPMF algorithm) as a NumPyro kernel.
+
+Every parameter is drawn from its closed-form conditional; one sweep visits, in order:
+
+1. **Entities** (one-hot fields such as user and item). The FM is linear in the block
+   ``theta_u = (w_u, v_u)`` of one level: ``f_n = c_n + w_u + v_u . a_n`` with
+   ``a_n = s_n - v_u``. Levels never share a row, so all of them are drawn at once from
+   ``N(P^-1 b, P^-1)``, ``P = Lambda + tau sum_n z_n z_n^T``, ``z_n = (1, a_n)``: BPMF's update.
+   The Gram sums use padded per-level row blocks (bucketed by level size) and batched
+   matmuls instead of scatter-adds, then one batched Cholesky.
+2. **Terms** (multi-hot, numeric, owned categorical, implicit sets). Levels of one field can
+   co-occur in a row, so they are drawn *one level at a time* (a ``lax.scan``); each step is
+   still an exact joint draw of ``(w_j, v_j)``, because the FM is linear in one level's block
+   once its self-interaction is removed. A field owned by an entity is reduced to per-entity
+   sufficient statistics first (Rendle's relational blocks), so a step costs
+   O(entities holding the level x rank^2), not O(rows).
+3. The global bias, the Normal–Gamma hyperparameters of every group (drawn jointly from their
+   Normal–Gamma conditional) and the noise precision.
+
+The kernel exposes the same site names as :func:`bayesfm.fm.fm_model` (centred), so MCMC,
+ArviZ and all downstream code treat its draws like NUTS draws.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.mcmc import MCMCKernel
+
+from .data import ROW, Structure, _bucket
+from .fm import ModelSpec, fm_components, fm_model, initial_values
+from .linalg import cholesky, solve_lower, solve_lower_transpose
+
+__all__ = [
+    "FMGibbs",
+    "GibbsState",
+    "gibbs_plan",
+    "gibbs_sweep",
+    "draw_gaussian",
+    "normal_gamma_draw",
+    "entity_systems",
+    "term_systems",
+]
+
+# relative diagonal jitter that keeps float32 Cholesky factors of large Gram sums finite
+_JITTER = 1e-6
+
+
+class GibbsState(NamedTuple):
+    """State of the Gibbs chain: the current values of all sites, and the random key."""
+
+    z: dict[str, jnp.ndarray]
+    rng_key: jax.Array
+
+
+# --------------------------------------------------------------------------- host-side plan
+def _level_blocks(index: np.ndarray, n_levels: int, pad: int) -> list[dict[str, np.ndarray]]:
+    """Rows of each level as padded blocks, grouped by power-of-two block size.
+
+    Returns one dict per size with ``levels`` (levels in the bucket) and ``rows``
+    (levels x size, padded with ``pad``, an index that points at a zero row).
+    """
+    counts = np.bincount(index, minlength=n_levels)
+    order = np.argsort(index, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    sizes = np.array([_bucket(int(c), minimum=4) for c in counts])
+    blocks = []
+    for size in np.unique(sizes):
+        levels = np.flatnonzero(sizes == size)
+        rows = np.full((len(levels), size), pad, np.int32)
+        for i, lev in enumerate(levels):
+            rows[i, : counts[lev]] = order[starts[lev] : starts[lev + 1]]
+        blocks.append({"levels": levels.astype(np.int32), "rows": rows})
+    return blocks
+
+
+def gibbs_plan(data: dict[str, Any], structure: Structure) -> dict[str, Any]:
+    """Index arrays the sweep needs, computed once on the host from the encoded training data.
+
+    ``entity[d]``: per-level row blocks of entity ``d``. ``terms[t]``: for each level of term
+    ``t``, the positions of its entries in the term's COO arrays, padded with the position of
+    an appended zero entry (a zero value contributes nothing to any sum).
+    """
+    entity = {}
+    for d, n in structure.entities:
+        idx = np.asarray(data["entity"][d])
+        entity[d] = _level_blocks(idx, n, pad=len(idx))
+    terms = {}
+    for t in structure.terms:
+        index = np.asarray(data["terms"][t.dim]["index"])
+        counts = np.bincount(index, minlength=t.n_levels)
+        order = np.argsort(index, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        width = max(1, int(counts.max()) if len(counts) else 1)
+        entries = np.full((t.n_levels, width), len(index), np.int32)
+        for lev in range(t.n_levels):
+            entries[lev, : counts[lev]] = order[starts[lev] : starts[lev + 1]]
+        terms[t.dim] = entries
+    return {"entity": entity, "terms": terms}
+
+
+# ---------------------------------------------------------------------------- conditionals
+def draw_gaussian(
+    precision: jnp.ndarray, shift: jnp.ndarray, key: jax.Array, fallback: jnp.ndarray
+) -> jnp.ndarray:
+    """Draw ``x ~ N(P^-1 b, P^-1)`` for a batch of precisions ``P`` (..., d, d) and ``b``.
+
+    Uses ``x = P^-1 b + L^-T eps`` with ``P = L L^T``. Where the factorization is not finite
+    (float32 round-off on huge Gram sums), returns ``fallback`` (the current value).
+    """
+    d = precision.shape[-1]
+    scale = jnp.max(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
+    precision = precision + (_JITTER * scale)[..., None, None] * jnp.eye(d)
+    chol = cholesky(precision)
+    eps = jax.random.normal(key, shift.shape)
+    # mean + L^-T eps = L^-T (L^-1 b + eps)
+    draw = solve_lower_transpose(chol, solve_lower(chol, shift) + eps)
+    ok = jnp.all(jnp.isfinite(draw), axis=-1, keepdims=True)
+    return jnp.where(ok, draw, fallback)
+
+
+def normal_gamma_draw(
+    x: jnp.ndarray, key: jax.Array, alpha0: float, beta0: float, gamma0: float, mu0: float
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Joint draw of ``(mu, lambda)`` given members ``x`` (levels, ...) of one group.
+
+    Prior ``lambda ~ Gamma(alpha0, beta0)``, ``mu ~ N(mu0, 1/(gamma0 lambda))``,
+    ``x_j ~ N(mu, 1/lambda)``; the posterior is Normal–Gamma, drawn exactly (lambda first,
+    with mu integrated out, then mu given lambda).
+    """
+    n = x.shape[0]
+    mean = jnp.mean(x, axis=0)
+    ss = jnp.sum((x - mean) ** 2, axis=0)
+    rate = beta0 + 0.5 * (ss + gamma0 * n * (mean - mu0) ** 2 / (gamma0 + n))
+    k_lam, k_mu = jax.random.split(key)
+    lam = jax.random.gamma(k_lam, alpha0 + 0.5 * n, mean.shape) / rate
+    loc = (gamma0 * mu0 + n * mean) / (gamma0 + n)
+    mu = loc + jax.random.normal(k_mu, mean.shape) / jnp.sqrt((gamma0 + n) * lam)
+    return mu, lam
+
+
+def _block_prior(params: dict, group: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Prior precision diagonal and mean of one level's block ``(w_j, v_j)``."""
+    prec = jnp.concatenate([params[f"w_lambda_{group}"][None], params[f"v_lambda_{group}"]])
+    mean = jnp.concatenate([params[f"w_mu_{group}"][None], params[f"v_mu_{group}"]])
+    return prec, mean
+
+
+def _gram(blocks: list[dict], z: jnp.ndarray, t: jnp.ndarray, n_levels: int):
+    """Per-level ``sum_n z_n z_n^T`` and ``sum_n z_n t_n`` over the rows of each level."""
+    z_pad = jnp.concatenate([z, jnp.zeros((1, z.shape[1]), z.dtype)])
+    t_pad = jnp.concatenate([t, jnp.zeros((1,), t.dtype)])
+    grams, shifts, levels = [], [], []
+    for block in blocks:
+        zb, tb = z_pad[block["rows"]], t_pad[block["rows"]]
+        # broadcast-and-reduce (a loop fusion), not a dot: threaded Eigen dots inside
+        # MCMC's while loop deadlocked XLA:CPU here
+        grams.append(jnp.sum(zb[..., :, None] * zb[..., None, :], axis=1))
+        shifts.append(jnp.sum(zb * tb[..., None], axis=1))
+        levels.append(block["levels"])
+    lev = jnp.concatenate(levels)
+    d = z.shape[1]
+    gram = jnp.zeros((n_levels, d, d), z.dtype).at[lev].set(jnp.concatenate(grams))
+    shift = jnp.zeros((n_levels, d), z.dtype).at[lev].set(jnp.concatenate(shifts))
+    return gram, shift
+
+
+def _residual(params, data, offset, y, structure):
+    lin, s, q = fm_components(params, data, structure)
+    f = offset + params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
+    return y - f, lin, s, q
+
+
+def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int):
+    """Precision and shift ``(P, b)`` of every level's block ``(w_u, v_u)`` of entity ``dim``."""
+    resid, _, s, _ = _residual(params, data, offset, y, spec.structure)
+    idx = data["entity"][dim]
+    v_row = params[f"v_{dim}"][idx]
+    a = s - v_row
+    z = jnp.concatenate([jnp.ones_like(resid)[:, None], a], axis=1)
+    target = resid + params[f"w_{dim}"][idx] + jnp.sum(v_row * a, -1)
+    gram, shift = _gram(plan["entity"][dim], z, target, n)
+    tau = params["noise_precision"]
+    prec, mean = _block_prior(params, dim)
+    precision = tau * gram + jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(prec)
+    return precision, tau * shift + prec * mean
+
+
+def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, key):
+    """Draw ``(w_u, v_u)`` of every level of entity ``dim`` at once."""
+    precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n)
+    current = jnp.concatenate([params[f"w_{dim}"][:, None], params[f"v_{dim}"]], axis=1)
+    theta = draw_gaussian(precision, shift, key, current)
+    return {**params, f"w_{dim}": theta[:, 0], f"v_{dim}": theta[:, 1:]}
+
+
+class _TermStats(NamedTuple):
+    """Per-unit sufficient statistics of the rows, fixed while one term field is updated."""
+
+    unit: jnp.ndarray  # entry -> unit, with a zero entry appended
+    value: jnp.ndarray  # entry -> x, with a zero entry appended
+    count: jnp.ndarray  # m_u: rows per unit
+    rest: jnp.ndarray  # sum_n R_n
+    quad: jnp.ndarray | None  # sum_n R_n R_n^T (None when each unit is one row)
+    eps: jnp.ndarray  # sum_n eps_n
+    eps_rest: jnp.ndarray  # sum_n eps_n R_n
+    prec: jnp.ndarray  # prior precision of (w_j, v_j)
+    mean: jnp.ndarray  # prior mean of (w_j, v_j)
+    tau: jnp.ndarray
+
+
+def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term):
+    """Unit statistics and the field's current per-unit sums ``(B_u, L_u, Q_u)``.
+
+    With ``B_u`` the field's part of the factor sum of unit ``u`` (an entity or a row) and
+    ``R_n`` the rest of row ``n``'s sum, the rows of a unit enter level ``j``'s conditional
+    only through ``m_u``, ``sum R_n``, ``sum R_n R_n^T``, ``sum eps_n`` and ``sum eps_n R_n``,
+    where ``eps_n`` is the residual without the field. These stay fixed while the field is
+    updated, so each level's step touches only the units holding that level.
+    """
+    structure = spec.structure
+    g = term.dim
+    td = data["terms"][g]
+    unit, index, value = td["unit"], td["index"], td["value"]
+    _, lin, s, q = _residual(params, data, offset, y, structure)
+    w, v = params[f"w_{g}"], params[f"v_{g}"]
+    row_carried = term.carrier == ROW
+    n_units = s.shape[0] if row_carried else structure.n_levels(term.carrier)
+    xv = value[:, None] * v[index]
+
+    def seg(x):
+        return jax.ops.segment_sum(x, unit, num_segments=n_units, indices_are_sorted=True)
+
+    sums = (seg(xv), seg(value * w[index]), seg(jnp.sum(xv * xv, -1)))
+    if row_carried:
+        b_row, l_row, q_row = sums
+    else:
+        cidx = data["entity"][term.carrier]
+        b_row, l_row, q_row = (x[cidx] for x in sums)
+    rest = s - b_row
+    eps = y - offset - params["w0"] - (lin - l_row) - 0.5 * (jnp.sum(rest * rest, -1) - (q - q_row))
+    if row_carried:
+        count, r1, e1, er, quad = jnp.ones_like(eps), rest, eps, eps[:, None] * rest, None
+    else:
+        z = jnp.concatenate([jnp.ones_like(eps)[:, None], rest], axis=1)
+        gram, shift = _gram(plan["entity"][term.carrier], z, eps, n_units)
+        count, r1, quad = gram[:, 0, 0], gram[:, 0, 1:], gram[:, 1:, 1:]
+        e1, er = shift[:, 0], shift[:, 1:]
+    prec, mean = _block_prior(params, g)
+    stats = _TermStats(
+        unit=jnp.concatenate([unit, jnp.zeros((1,), unit.dtype)]),
+        value=jnp.concatenate([value, jnp.zeros((1,), value.dtype)]),
+        count=count,
+        rest=r1,
+        quad=quad,
+        eps=e1,
+        eps_rest=er,
+        prec=prec,
+        mean=mean,
+        tau=params["noise_precision"],
+    )
+    return stats, sums
+
+
+def _level_system(stats: _TermStats, w, v, sums, j, entries):
+    """Precision and shift ``(P, b)`` of level ``j``'s block ``(w_j, v_j)`` given the rest."""
+    b_sum, l_sum, q_sum = sums
+    u, x = stats.unit[entries], stats.value[entries]
+    x2 = x * x
+    m, r, e, re = stats.count[u], stats.rest[u], stats.eps[u], stats.eps_rest[u]
+    a = b_sum[u] - x[:, None] * v[j]
+    kappa = (
+        -(l_sum[u] - x * w[j])
+        - 0.5 * jnp.sum(a * a, -1)
+        + 0.5 * (q_sum[u] - x2 * jnp.sum(v[j] * v[j]))
+    )
+    ra = jnp.sum(r * a, -1)
+    if stats.quad is None:  # one row per unit: sum R R^T = R R^T
+        qa = r * ra[:, None]
+        q_w = jnp.einsum("m,mi,mj->ij", x2, r, r)
+    else:
+        qu = stats.quad[u]
+        qa = jnp.einsum("mij,mj->mi", qu, a)
+        q_w = jnp.einsum("m,mij->ij", x2, qu)
+    grad = e + m * kappa - ra
+    p00 = jnp.sum(x2 * m)
+    p0v = jnp.einsum("m,mi->i", x2, m[:, None] * a + r)
+    pvv = (
+        jnp.einsum("m,mi,mj->ij", x2 * m, a, a)
+        + jnp.einsum("m,mi,mj->ij", x2, a, r)
+        + jnp.einsum("m,mi,mj->ij", x2, r, a)
+        + q_w
+    )
+    b0 = jnp.sum(x * grad)
+    bv = jnp.einsum("m,mi->i", x, a * grad[:, None] + re + kappa[:, None] * r - qa)
+    gram = jnp.block([[p00[None, None], p0v[None, :]], [p0v[:, None], pvv]])
+    precision = stats.tau * gram + jnp.diag(stats.prec)
+    shift = stats.tau * jnp.concatenate([b0[None], bv]) + stats.prec * stats.mean
+    return precision, shift, u, x
+
+
+def term_systems(params, data, offset, y, spec: ModelSpec, term):
+    """``(P, b)`` of every level of ``term`` given all other parameters (for tests)."""
+    stats, sums = _term_setup(params, data, data["gibbs"], offset, y, spec, term)
+    w, v = params[f"w_{term.dim}"], params[f"v_{term.dim}"]
+    levels = jnp.arange(term.n_levels)
+
+    def one(j, entries):
+        return _level_system(stats, w, v, sums, j, entries)[:2]
+
+    return jax.vmap(one)(levels, data["gibbs"]["terms"][term.dim])
+
+
+def entity_systems(params, data, offset, y, spec: ModelSpec, dim: str):
+    """``(P, b)`` of every level of entity ``dim`` given all other parameters (for tests)."""
+    n = spec.structure.n_levels(dim)
+    return _entity_system(params, data, data["gibbs"], offset, y, spec, dim, n)
+
+
+def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, key):
+    """Draw ``(w_j, v_j)`` level by level for a field whose levels can share a row."""
+    stats, sums = _term_setup(params, data, plan, offset, y, spec, term)
+    g = term.dim
+
+    def step(carry, inputs):
+        w, v, sums = carry
+        j, entries, step_key = inputs
+        precision, shift, u, x = _level_system(stats, w, v, sums, j, entries)
+        current = jnp.concatenate([w[j][None], v[j]])
+        theta = draw_gaussian(precision, shift, step_key, current)
+        dw, dv = theta[0] - w[j], theta[1:] - v[j]
+        b_sum, l_sum, q_sum = sums
+        b_sum = b_sum.at[u].add(x[:, None] * dv)
+        l_sum = l_sum.at[u].add(x * dw)
+        q_sum = q_sum.at[u].add(x * x * (jnp.sum(theta[1:] ** 2) - jnp.sum(v[j] ** 2)))
+        w, v = w.at[j].set(theta[0]), v.at[j].set(theta[1:])
+        return (w, v, (b_sum, l_sum, q_sum)), None
+
+    levels = jnp.arange(term.n_levels)
+    keys = jax.random.split(key, term.n_levels)
+    init = (params[f"w_{g}"], params[f"v_{g}"], sums)
+    (w, v, _), _ = jax.lax.scan(step, init, (levels, plan["terms"][g], keys))
+    return {**params, f"w_{g}": w, f"v_{g}": v}
+
+
+def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
+    """Joint draw of the global bias and every group's linear mean, ``(w0, mu_g ...)``.
+
+    With ``w_j = mu_g + d_j`` and the deviations ``d_j`` held fixed, the FM is linear in
+    ``(w0, mu_1, ..., mu_G)`` with regressors ``(1, sum_{j in g} x_nj ...)``. The likelihood
+    only sees ``w0 + sum_g mu_g`` along a ridge for one-hot fields, which single-site updates
+    cross slowly; this move (an exact Gibbs step in the ``(mu, d)`` coordinates, a
+    unit-Jacobian shear) crosses it in one draw.
+    """
+    structure, prior = spec.structure, spec.prior
+    resid, *_ = _residual(params, data, offset, y, structure)
+    n_rows = y.shape[0]
+    columns = [jnp.ones(n_rows)] + [jnp.ones(n_rows) for _ in structure.entities]
+    for t in structure.terms:
+        td = data["terms"][t.dim]
+        n_units = n_rows if t.carrier == ROW else structure.n_levels(t.carrier)
+        per_unit = jax.ops.segment_sum(
+            td["value"], td["unit"], num_segments=n_units, indices_are_sorted=True
+        )
+        columns.append(per_unit if t.carrier == ROW else per_unit[data["entity"][t.carrier]])
+    design = jnp.stack(columns, axis=1)
+    groups = structure.groups
+    beta = jnp.stack([params["w0"], *(params[f"w_mu_{g}"] for g in groups)])
+    prec = jnp.stack(
+        [jnp.float32(1.0 / prior.bias_scale**2)]
+        + [prior.gamma0 * params[f"w_lambda_{g}"] for g in groups]
+    )
+    mean = jnp.concatenate([jnp.zeros(1), jnp.full(len(groups), prior.mu0)])
+    tau = params["noise_precision"]
+    target = resid + jnp.sum(design * beta, axis=1)
+    gram = jnp.sum(design[:, :, None] * design[:, None, :], axis=0)
+    shift = jnp.sum(design * target[:, None], axis=0)
+    new = draw_gaussian(tau * gram + jnp.diag(prec), tau * shift + prec * mean, key, beta)
+    params = {**params, "w0": new[0]}
+    for i, g in enumerate(groups, start=1):
+        params[f"w_{g}"] = params[f"w_{g}"] + (new[i] - beta[i])
+        params[f"w_mu_{g}"] = new[i]
+    return params
+
+
+def gibbs_sweep(
+    params: dict[str, jnp.ndarray],
+    data: dict[str, Any],
+    offset: jnp.ndarray,
+    y: jnp.ndarray,
+    key: jax.Array,
+    spec: ModelSpec,
+) -> dict[str, jnp.ndarray]:
+    """One full sweep over all blocks; returns the new site values (centred sites)."""
+    structure, prior = spec.structure, spec.prior
+    plan = data["gibbs"]
+    keys = iter(jax.random.split(key, 2 + 3 * len(structure.groups)))
+    for d, n in structure.entities:
+        params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys))
+    for term in structure.terms:
+        params = _update_term(params, data, plan, offset, y, spec, term, next(keys))
+    params = _update_intercepts(params, data, offset, y, spec, next(keys))
+    ng = partial(
+        normal_gamma_draw,
+        alpha0=prior.alpha0,
+        beta0=prior.beta0,
+        gamma0=prior.gamma0,
+        mu0=prior.mu0,
+    )
+    for g in structure.groups:
+        mu, lam = ng(params[f"w_{g}"], next(keys))
+        params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = mu, lam
+        mu, lam = ng(params[f"v_{g}"], next(keys))
+        params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = mu, lam
+    resid, *_ = _residual(params, data, offset, y, structure)
+    shape = prior.noise_alpha + 0.5 * y.shape[0]
+    rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
+    tau = jax.random.gamma(next(keys), shape) / rate
+    params["noise_precision"] = tau
+    params["sigma"] = 1.0 / jnp.sqrt(tau)
+    return params
+
+
+class FMGibbs(MCMCKernel):
+    """Conjugate blocked Gibbs kernel for :func:`bayesfm.fm.fm_model` (regression task).
+
+    Use it with :class:`numpyro.infer.MCMC` and ``jit_model_args=True``; the model arguments
+    are ``(data, offset, y)`` where ``data`` also holds ``data["gibbs"] = gibbs_plan(...)``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model; its parametrization is ignored (Gibbs draws the centred sites).
+    """
+
+    sample_field = "z"
+
+    def __init__(self, spec: ModelSpec):
+        if spec.task != "regression":
+            raise ValueError(
+                f"task: got {spec.task!r}; the Gibbs sampler supports ['regression'] so far"
+            )
+        from dataclasses import replace
+
+        self.spec = replace(spec, prior=replace(spec.prior, parametrization="centered"))
+        self._model = partial(fm_model, spec=self.spec)
+
+    @property
+    def model(self):
+        """The NumPyro model whose sites the kernel samples."""
+        return self._model
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        k_init, k_run = jax.random.split(rng_key)
+        z = dict(init_params) if init_params is not None else initial_values(self.spec, k_init)
+        z["sigma"] = 1.0 / jnp.sqrt(z["noise_precision"])
+        return GibbsState(z, k_run)
+
+    def sample(self, state, model_args, model_kwargs):
+        data, offset, y = model_args
+        key, k_sweep = jax.random.split(state.rng_key)
+        z = gibbs_sweep(state.z, data, offset, y, k_sweep, self.spec)
+        return GibbsState(z, key)

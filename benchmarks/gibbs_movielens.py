@@ -1,0 +1,313 @@
+"""bayesfm's Gibbs sampler against myFM's, in the same run, on MovieLens-100K.
+
+For each split and feature set, both samplers run the same number of sweeps (rank 10, one
+chain) on the same machine, one after the other, so that the time *ratio* is meaningful on a
+shared machine. bayesfm's time is reported with and without JAX compilation. A separate
+4-chain bayesfm run gives the convergence diagnostics (R-hat of sigma, the global bias and the
+latent predictions of 200 probe test cells).
+
+Writes ``benchmarks/results/gibbs.json`` (merged across invocations) and
+``docs/benchmarks_gibbs.md``. myFM comes from the ``bench`` extra.
+
+Usage::
+
+    python -m benchmarks.gibbs_movielens --splits ua u1 u2 u3 u4 u5
+    python -m benchmarks.gibbs_movielens --diagnostics ua   # 4 chains x (200 + 500)
+    python -m benchmarks.gibbs_movielens --quick            # CI smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from .core_movielens import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = ("mf", "fm")
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=os.environ.get("BAYESFM_ML100K"))
+    p.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES))
+    p.add_argument("--splits", nargs="+", default=["ua"])
+    p.add_argument("--sweeps", type=int, default=200, help="total sweeps per fit")
+    p.add_argument("--kept", type=int, default=100, help="sweeps kept (the last ones)")
+    p.add_argument("--diagnostics", nargs="*", default=[], help="splits for the 4-chain run")
+    p.add_argument("--no-myfm", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny settings for CI")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gibbs.json"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks_gibbs.md"))
+    return p.parse_args()
+
+
+def side_fields(bfm):
+    return [
+        bfm.Categorical("user_id"),
+        bfm.Categorical("item_id"),
+        bfm.Numeric("age", owner="user_id"),
+        bfm.Categorical("gender", owner="user_id"),
+        bfm.Categorical("occupation", owner="user_id"),
+        bfm.MultiHot("genres", owner="item_id"),
+    ]
+
+
+def myfm_design(train, test, features: str):
+    """The same features as a sparse design for myFM (one-hot ids, standardized age,
+    one-hot gender and occupation, genres weighted 1/n), plus the group sizes."""
+    import scipy.sparse as sps
+
+    blocks_tr, blocks_te, shapes = [], [], []
+
+    def onehot(col):
+        levels = {v: i for i, v in enumerate(train[col].unique())}
+
+        def enc(df):
+            idx = df[col].map(levels).fillna(-1).to_numpy(int)
+            ok = idx >= 0
+            rows = np.flatnonzero(ok)
+            return sps.csr_matrix(
+                (np.ones(ok.sum()), (rows, idx[ok])), shape=(len(df), len(levels))
+            )
+
+        return enc(train), enc(test), len(levels)
+
+    cols = ["user_id", "item_id"] + (["gender", "occupation"] if features == "fm" else [])
+    for col in cols:
+        a, b, n = onehot(col)
+        blocks_tr.append(a)
+        blocks_te.append(b)
+        shapes.append(n)
+    if features == "fm":
+        mu, sd = train.age.mean(), train.age.std()
+        blocks_tr.append(sps.csr_matrix(((train.age.to_numpy() - mu) / sd)[:, None]))
+        blocks_te.append(sps.csr_matrix(((test.age.to_numpy() - mu) / sd)[:, None]))
+        shapes.append(1)
+        genres = sorted({g for gs in train.genres for g in gs})
+        gi = {g: i for i, g in enumerate(genres)}
+
+        def genre_matrix(df):
+            rows, cols_, vals = [], [], []
+            for r, gs in enumerate(df.genres):
+                known = [g for g in gs if g in gi]
+                for g in known:
+                    rows.append(r)
+                    cols_.append(gi[g])
+                    vals.append(1.0 / len(known))
+            return sps.csr_matrix((vals, (rows, cols_)), shape=(len(df), len(genres)))
+
+        blocks_tr.append(genre_matrix(train))
+        blocks_te.append(genre_matrix(test))
+        shapes.append(len(genres))
+    return sps.hstack(blocks_tr).tocsr(), sps.hstack(blocks_te).tocsr(), shapes
+
+
+def run_bayesfm(bfm, train, test, features, cfg):
+    common = dict(rank=10, inference=cfg, random_state=0, progress_bar=False)
+    if features == "mf":
+        model = bfm.BayesianMF(**common)
+    else:
+        model = bfm.BayesianFM(features=bfm.FeatureSpec(side_fields(bfm)), **common)
+    y = train.rating.to_numpy(float)
+    t0 = time.perf_counter()
+    model.fit(train, y)
+    fit_s = time.perf_counter() - t0
+    return model, fit_s
+
+
+def main() -> None:
+    args = _args()
+    import arviz as az
+
+    import bayesfm as bfm
+    from bayesfm.datasets import load_movielens_100k
+
+    data_dir = args.data or str(ROOT.parent / "shared" / "data" / "ml-100k")
+    if args.quick:
+        args.sweeps, args.kept = 10, 5
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+
+    def save(key, row):
+        results[key] = row
+        print(json.dumps({key: row}, indent=1), flush=True)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=1))
+
+    for features in args.features:
+        for split in args.splits:
+            train, test = load_movielens_100k(data_dir, split=split)
+            if args.quick:
+                train, test = train.iloc[:3000], test.iloc[:300]
+            y = test.rating.to_numpy(float)
+            cfg = bfm.GibbsConfig(
+                num_warmup=args.sweeps - args.kept, num_samples=args.kept, num_chains=1
+            )
+            model, fit_s = run_bayesfm(bfm, train, test, features, cfg)
+            iv90 = model.predict_interval(test, 0.9)
+            iv50 = model.predict_interval(test, 0.5)
+            t = model.timings_
+            row = {
+                "features": features,
+                "split": split,
+                "sweeps": args.sweeps,
+                "kept": args.kept,
+                "rmse": float(np.sqrt(np.mean((iv90["mean"] - y) ** 2))),
+                "mae": float(np.mean(np.abs(iv90["mean"] - y))),
+                "cov50": float(np.mean((y >= iv50.lower) & (y <= iv50.upper))),
+                "cov90": float(np.mean((y >= iv90.lower) & (y <= iv90.upper))),
+                "lpd": float(model.score(test, y)),
+                "sigma": float(model.draws_.samples["sigma"].mean()),
+                "fit_s": fit_s,
+                "compile_s": t["gibbs_compile_s"],
+                "sample_s": t["gibbs_total_s"] - t["gibbs_compile_s"],
+            }
+            if not args.no_myfm:
+                import myfm
+
+                x_tr, x_te, shapes = myfm_design(train, test, features)
+                fm = myfm.MyFMRegressor(rank=10, random_seed=0)
+                t0 = time.perf_counter()
+                fm.fit(
+                    x_tr,
+                    train.rating.to_numpy(float),
+                    n_iter=args.sweeps,
+                    n_kept_samples=args.kept,
+                    group_shapes=shapes,
+                )
+                row["myfm_fit_s"] = time.perf_counter() - t0
+                row["myfm_rmse"] = float(np.sqrt(np.mean((fm.predict(x_te) - y) ** 2)))
+                row["ratio_excl_compile"] = row["sample_s"] / row["myfm_fit_s"]
+                row["ratio_incl_compile"] = row["fit_s"] / row["myfm_fit_s"]
+            save(f"{features}/{split}" + ("/quick" if args.quick else ""), row)
+
+    for split in args.diagnostics:
+        train, test = load_movielens_100k(data_dir, split=split)
+        for features in args.features:
+            cfg = bfm.GibbsConfig(num_warmup=200, num_samples=500, num_chains=4)
+            model, fit_s = run_bayesfm(bfm, train, test, features, cfg)
+            probe = test.sample(200, random_state=0)
+            lat = model.predict_posterior(probe, latent=True).to_dataset(name="y")
+            rhat = az.rhat(lat)["y"].values
+            ess = az.ess(lat)["y"].values
+            s = az.summary(model.idata_, var_names=["sigma", "w0"], kind="diagnostics")
+            lam = az.rhat(model.idata_, var_names=["^v_lambda_", "^w_lambda_"], filter_vars="regex")
+            lam_rhat = np.concatenate([np.ravel(lam[v].values) for v in lam.data_vars])
+            save(
+                f"diag/{features}/{split}",
+                {
+                    "features": features,
+                    "split": split,
+                    "chains": 4,
+                    "warmup": 200,
+                    "kept": 500,
+                    "fit_s": fit_s,
+                    "sigma_rhat": float(s.loc["sigma", "r_hat"]),
+                    "w0_rhat": float(s.loc["w0", "r_hat"]),
+                    "probe_rhat_max": float(rhat.max()),
+                    "probe_rhat_median": float(np.median(rhat)),
+                    "probe_ess_min": float(ess.min()),
+                    "lambda_rhat_max": float(lam_rhat.max()),
+                    "lambda_rhat_median": float(np.median(lam_rhat)),
+                },
+            )
+    if not args.quick:
+        write_doc(results, Path(args.doc))
+
+
+def write_doc(results: dict, doc: Path) -> None:
+    """Markdown tables from the JSON results (nothing typed by hand)."""
+    import jax
+
+    import bayesfm
+
+    try:
+        import myfm
+
+        myfm_version = myfm.__version__
+    except ImportError:
+        myfm_version = "not installed"
+    rows = {k: v for k, v in results.items() if not k.endswith("/quick")}
+    fits = {k: v for k, v in rows.items() if not k.startswith("diag/")}
+    lines = [
+        "# Gibbs sampler: bayesfm against myFM on MovieLens-100K",
+        "",
+        "Generated by `python -m benchmarks.gibbs_movielens`; do not edit by hand.",
+        "",
+        f"- date: {date.today().isoformat()}; machine: {cpu_model()}, {os.cpu_count()} cores; "
+        f"JAX backend: {jax.default_backend()} (no GPU)",
+        f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}, myFM {myfm_version}",
+        "- rank 10, one chain; both samplers run the same sweeps in the same process, one after "
+        "the other; myFM gets the same features as a sparse design (no relation blocks)",
+        "- MF = user + item; FM = + age, gender, occupation (per user), genres (per item)",
+        "- ratio = bayesfm time / myFM time in the same run (< 1: bayesfm faster); "
+        "compile = JAX tracing + compilation",
+        "",
+        "| features | split | sweeps (kept) | RMSE | myFM RMSE | MAE | cov 50% | cov 90% "
+        "| LPD | sigma | bayesfm s (excl. compile) | compile s | myFM s | ratio excl. "
+        "| ratio incl. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(fits):
+        r = fits[key]
+        lines.append(
+            f"| {r['features']} | {r['split']} | {r['sweeps']} ({r['kept']}) | {r['rmse']:.4f} "
+            f"| {r.get('myfm_rmse', float('nan')):.4f} | {r['mae']:.4f} | {r['cov50']:.3f} "
+            f"| {r['cov90']:.3f} | {r['lpd']:.4f} | {r['sigma']:.3f} | {r['sample_s']:.1f} "
+            f"| {r['compile_s']:.1f} | {r.get('myfm_fit_s', float('nan')):.1f} "
+            f"| {r.get('ratio_excl_compile', float('nan')):.2f} "
+            f"| {r.get('ratio_incl_compile', float('nan')):.2f} |"
+        )
+    folds: dict[str, dict[str, list[float]]] = {}
+    for r in fits.values():
+        if r["split"] in {"u1", "u2", "u3", "u4", "u5"}:
+            f = folds.setdefault(r["features"], {"bayesfm": [], "myfm": []})
+            f["bayesfm"].append(r["rmse"])
+            if "myfm_rmse" in r:
+                f["myfm"].append(r["myfm_rmse"])
+    if folds:
+        lines += [
+            "",
+            "| features | folds | bayesfm mean RMSE u1-u5 (sd) | myFM mean RMSE u1-u5 (sd) |",
+            "|---|---|---|---|",
+        ]
+        for feat, v in sorted(folds.items()):
+            m = v["myfm"]
+            my = f"{np.mean(m):.4f} ({np.std(m):.4f})" if m else "n/a"
+            lines.append(
+                f"| {feat} | {len(v['bayesfm'])} | {np.mean(v['bayesfm']):.4f} "
+                f"({np.std(v['bayesfm']):.4f}) | {my} |"
+            )
+    diags = {k: v for k, v in rows.items() if k.startswith("diag/")}
+    if diags:
+        lines += [
+            "",
+            "Convergence, 4 chains x (200 warmup + 500 kept sweeps); rank-normalized R-hat; "
+            "probe = latent predictions of 200 test cells",
+            "",
+            "| features | split | fit s | sigma R-hat | w0 R-hat | probe R-hat max | probe R-hat "
+            "median | probe ESS min | precision R-hat max | precision R-hat median |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key in sorted(diags):
+            r = diags[key]
+            lines.append(
+                f"| {r['features']} | {r['split']} | {r['fit_s']:.0f} | {r['sigma_rhat']:.3f} "
+                f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
+                f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "
+                f"| {r['lambda_rhat_max']:.3f} | {r['lambda_rhat_median']:.3f} |"
+            )
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The blocked Gibbs sampler: exact conditionals, exact draws, and agreement with NUTS."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesfm as bfm
+from bayesfm.data import ROW, FittedEncoder
+from bayesfm.fm import ModelSpec, fm_predictor
+from bayesfm.gibbs import (
+    draw_gaussian,
+    entity_systems,
+    gibbs_plan,
+    normal_gamma_draw,
+    term_systems,
+)
+from bayesfm.inference import to_jax
+
+RANK = 3
+
+
+@pytest.fixture(scope="module")
+def rich_problem():
+    """Every kind of field: entities, owned categorical/numeric/multi-hot, implicit sets and
+    row-level numeric and multi-hot fields; random parameter values for all sites."""
+    rng = np.random.default_rng(3)
+    n_users, n_items, n = 8, 6, 40
+    cells = rng.choice(n_users * n_items, n, replace=False)
+    users, items = cells // n_items, cells % n_items
+    occupation = rng.choice(["a", "b", "c"], n_users)
+    age = rng.integers(18, 70, n_users)
+    genres = [
+        tuple(rng.choice(list("xyzw"), rng.integers(1, 4), replace=False)) for _ in range(n_items)
+    ]
+    X = pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": items,
+            "occupation": occupation[users],
+            "age": age[users],
+            "genres": [genres[i] for i in items],
+            "hour": rng.normal(size=n),
+            "tags": [
+                tuple(rng.choice(list("pqr"), rng.integers(0, 3), replace=False)) for _ in range(n)
+            ],
+        }
+    )
+    fields = [
+        bfm.Categorical("user_id"),
+        bfm.Categorical("item_id"),
+        bfm.Categorical("occupation", owner="user_id"),
+        bfm.Numeric("age", owner="user_id"),
+        bfm.MultiHot("genres", owner="item_id"),
+        bfm.Implicit(owner="user_id", members="item_id"),
+        bfm.Numeric("hour"),
+        bfm.MultiHot("tags"),
+    ]
+    encoder = FittedEncoder.fit(bfm.FeatureSpec(fields), X)
+    spec = ModelSpec(structure=encoder.structure, rank=RANK)
+    arrays = encoder.transform(X).arrays()
+    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+    data = to_jax(arrays)
+    params = {"w0": jnp.float32(0.3), "noise_precision": jnp.float32(2.5)}
+    for g in spec.structure.groups:
+        n_lev = spec.structure.n_levels(g)
+        params[f"w_{g}"] = jnp.asarray(rng.normal(size=n_lev), jnp.float32)
+        params[f"v_{g}"] = jnp.asarray(rng.normal(size=(n_lev, RANK)), jnp.float32)
+        params[f"w_lambda_{g}"] = jnp.float32(rng.gamma(2.0))
+        params[f"w_mu_{g}"] = jnp.float32(rng.normal())
+        params[f"v_lambda_{g}"] = jnp.asarray(rng.gamma(2.0, size=RANK), jnp.float32)
+        params[f"v_mu_{g}"] = jnp.asarray(rng.normal(size=RANK), jnp.float32)
+    y = jnp.asarray(rng.normal(3.0, 1.0, n), jnp.float32)
+    return spec, data, params, y, jnp.float32(3.0)
+
+
+def _dense_oracle(spec, data, params, y, offset, group, level):
+    """Conditional (P, b) of one level's (w_j, v_j) from the model's own predictor.
+
+    The FM is affine in one level's block, so its Jacobian gives the exact design."""
+
+    def f_of(theta):
+        p = dict(params)
+        p[f"w_{group}"] = p[f"w_{group}"].at[level].set(theta[0])
+        p[f"v_{group}"] = p[f"v_{group}"].at[level].set(theta[1:])
+        return offset + fm_predictor(p, data, spec.structure)
+
+    theta0 = jnp.concatenate([params[f"w_{group}"][level][None], params[f"v_{group}"][level]])
+    jac = jax.jacfwd(f_of)(theta0)
+    target = y - f_of(theta0) + jac @ theta0
+    tau = params["noise_precision"]
+    prec = jnp.concatenate([params[f"w_lambda_{group}"][None], params[f"v_lambda_{group}"]])
+    mean = jnp.concatenate([params[f"w_mu_{group}"][None], params[f"v_mu_{group}"]])
+    return tau * jac.T @ jac + jnp.diag(prec), tau * jac.T @ target + prec * mean
+
+
+def _oracle_all_levels(spec, data, params, y, offset, group):
+    n = spec.structure.n_levels(group)
+
+    @jax.jit
+    def run(data, params, y):
+        one = partial(_dense_oracle, spec, data, params, y, offset, group)
+        return jax.vmap(one)(jnp.arange(n))
+
+    return run(data, params, y)
+
+
+def test_entity_conditionals_match_dense_oracle(rich_problem):
+    spec, data, params, y, offset = rich_problem
+    for dim, _ in spec.structure.entities:
+        system = jax.jit(partial(entity_systems, spec=spec, dim=dim))
+        precision, shift = system(params, data, offset, y)
+        p_ref, b_ref = _oracle_all_levels(spec, data, params, y, offset, dim)
+        np.testing.assert_allclose(precision, p_ref, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(shift, b_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_term_conditionals_match_dense_oracle(rich_problem):
+    spec, data, params, y, offset = rich_problem
+    carriers = {t.carrier for t in spec.structure.terms}
+    assert ROW in carriers and "user" in carriers and "item" in carriers
+    for term in spec.structure.terms:
+        system = jax.jit(partial(term_systems, spec=spec, term=term))
+        precision, shift = system(params, data, offset, y)
+        p_ref, b_ref = _oracle_all_levels(spec, data, params, y, offset, term.dim)
+        np.testing.assert_allclose(precision, p_ref, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(shift, b_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_draw_gaussian_has_the_analytic_moments():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 3))
+    precision = a @ a.T + 3 * np.eye(3)
+    shift = rng.normal(size=3)
+    n = 40_000
+    draws = draw_gaussian(
+        jnp.broadcast_to(jnp.asarray(precision, jnp.float32), (n, 3, 3)),
+        jnp.broadcast_to(jnp.asarray(shift, jnp.float32), (n, 3)),
+        jax.random.PRNGKey(1),
+        jnp.zeros((n, 3)),
+    )
+    cov = np.linalg.inv(precision)
+    mean = cov @ shift
+    se = np.sqrt(np.diag(cov) / n)
+    assert np.all(np.abs(np.asarray(draws).mean(0) - mean) < 5 * se)
+    np.testing.assert_allclose(np.cov(np.asarray(draws).T), cov, rtol=0.05, atol=2e-3)
+
+
+def test_draw_gaussian_keeps_current_value_when_not_finite():
+    precision = jnp.array([[[jnp.nan, 0.0], [0.0, 1.0]]])
+    out = draw_gaussian(precision, jnp.ones((1, 2)), jax.random.PRNGKey(0), jnp.full((1, 2), 7.0))
+    np.testing.assert_array_equal(np.asarray(out), 7.0)
+
+
+def test_normal_gamma_draw_matches_the_conjugate_posterior():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(0.7, 1.5, size=12), jnp.float32)
+    alpha0, beta0, gamma0, mu0 = 1.0, 1.0, 1.0, 0.0
+    keys = jax.random.split(jax.random.PRNGKey(2), 40_000)
+    mu, lam = jax.vmap(lambda k: normal_gamma_draw(x, k, alpha0, beta0, gamma0, mu0))(keys)
+    n, xbar = len(x), float(np.mean(x))
+    alpha_n = alpha0 + n / 2
+    beta_n = beta0 + 0.5 * (
+        float(np.sum((np.asarray(x) - xbar) ** 2)) + gamma0 * n * (xbar - mu0) ** 2 / (gamma0 + n)
+    )
+    mu_n = (gamma0 * mu0 + n * xbar) / (gamma0 + n)
+    # E[lambda] = alpha/beta; mu is Student-t with variance beta/((alpha-1)(gamma0+n))
+    np.testing.assert_allclose(float(jnp.mean(lam)), alpha_n / beta_n, rtol=0.02)
+    np.testing.assert_allclose(float(jnp.mean(mu)), mu_n, atol=0.01)
+    np.testing.assert_allclose(
+        float(jnp.var(mu)), beta_n / ((alpha_n - 1) * (gamma0 + n)), rtol=0.05
+    )
+
+
+# ------------------------------------------------------------------------- estimator level
+def test_gibbs_fit_gives_chains_and_predictions(gibbs_fm, synthetic_split):
+    data, _, test = synthetic_split
+    draws = gibbs_fm.draws_
+    assert draws.method == "gibbs"
+    assert draws.num_chains == 2 and draws.num_draws == 300
+    post = gibbs_fm.idata_.posterior
+    assert post["v_user"].dims == ("chain", "draw", "user", "factor")
+    assert set(post.coords["user"].values) == set(data.X["user_id"].unique())
+    pred = gibbs_fm.predict(data.X[test])
+    assert pred.shape == (int(test.sum()),) and np.all(np.isfinite(pred))
+    assert gibbs_fm.timings_["gibbs_compile_s"] > 0
+
+
+def test_gibbs_agrees_with_nuts(gibbs_fm, nuts_fm, synthetic_split):
+    """Posterior means of sigma and of probe predictions agree within their MCSEs."""
+    import arviz as az
+
+    data, _, test = synthetic_split
+    probe = data.X[test].iloc[:40]
+    g = az.summary(gibbs_fm.idata_, var_names=["sigma"])
+    n = az.summary(nuts_fm.idata_, var_names=["sigma"])
+    tol = 4 * np.hypot(g["mcse_mean"].iloc[0], n["mcse_mean"].iloc[0]) + 1e-3
+    assert abs(g["mean"].iloc[0] - n["mean"].iloc[0]) < tol, (g, n)
+    assert g["sd"].iloc[0] == pytest.approx(n["sd"].iloc[0], rel=0.3)
+    lat_g = gibbs_fm.predict_posterior(probe, latent=True)
+    lat_n = nuts_fm.predict_posterior(probe, latent=True)
+    mcse_g = az.mcse(az.convert_to_dataset(lat_g.values))["x"].values
+    mcse_n = az.mcse(az.convert_to_dataset(lat_n.values))["x"].values
+    diff = lat_g.mean(("chain", "draw")).values - lat_n.mean(("chain", "draw")).values
+    z = diff / np.hypot(mcse_g, mcse_n)
+    # MCSE-scaled differences: almost all within 4, and no systematic shift
+    assert np.mean(np.abs(z) < 4) >= 0.95, z
+    assert abs(np.mean(diff)) < 0.05
+
+
+def test_gibbs_rejects_unsupported_task_and_bad_config():
+    with pytest.raises(ValueError, match="num_samples: got 0"):
+        bfm.GibbsConfig(num_samples=0)
+    with pytest.raises(ValueError, match="chain_method: got 'threads'"):
+        bfm.GibbsConfig(chain_method="threads")
+    X = pd.DataFrame({"user_id": [0, 1, 0], "item_id": [0, 0, 1]})
+    model = bfm.BayesianMF(rank=2, task="binary", inference="gibbs")
+    with pytest.raises(ValueError, match="Gibbs sampler supports task='regression'"):
+        model.fit(X, np.array([0, 1, 1]))
+    assert not hasattr(model, "draws_")
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+def test_kernel_runs_under_plain_numpyro_mcmc_and_arviz(toy):
+    """FMGibbs is an ordinary MCMCKernel: MCMC, grouped samples and az.from_numpyro work."""
+    import arviz as az
+    from numpyro.infer import MCMC
+
+    from bayesfm.gibbs import FMGibbs
+
+    X, y = toy
+    encoder = FittedEncoder.fit(
+        bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id")]), X
+    )
+    spec = ModelSpec(structure=encoder.structure, rank=2)
+    arrays = encoder.transform(X).arrays()
+    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+    args = (to_jax(arrays), jnp.float32(np.mean(y)), jnp.asarray(y, jnp.float32))
+    mcmc = MCMC(
+        FMGibbs(spec),
+        num_warmup=20,
+        num_samples=30,
+        num_chains=2,
+        chain_method=jax.vmap,
+        progress_bar=False,
+        jit_model_args=True,
+    )
+    mcmc.run(jax.random.PRNGKey(0), *args)
+    grouped = mcmc.get_samples(group_by_chain=True)
+    assert grouped["v_user"].shape == (2, 30, 2, 2)
+    assert grouped["sigma"].shape == (2, 30)
+    idata = az.from_numpyro(mcmc)
+    assert idata.posterior["w_item"].shape == (2, 30, 2)
+    assert idata.log_likelihood["y"].shape == (2, 30, len(y))
+
+
+@pytest.mark.slow
+def test_simulation_based_calibration():
+    """SBC (Talts et al. 2018): for datasets drawn from the prior, the rank of the true value
+    among thinned posterior draws is uniform, for sigma and for the latent mean of an
+    unobserved cell. All datasets run as one vmapped program."""
+    from numpyro.infer import Predictive
+    from scipy.stats import chisquare
+
+    from bayesfm.fm import fm_components, fm_model, initial_values
+    from bayesfm.gibbs import gibbs_sweep
+    from bayesfm.priors import PriorConfig
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, rank = 6, 5, 2
+    cells = rng.choice(n_users * n_items, 18, replace=False)
+    X = pd.DataFrame(
+        {"user_id": cells // n_items, "item_id": cells % n_items, "x": rng.normal(size=18)}
+    )
+    fields = [bfm.Categorical("user_id"), bfm.Categorical("item_id"), bfm.Numeric("x")]
+    encoder = FittedEncoder.fit(bfm.FeatureSpec(fields), X)
+    # a tighter prior than the default keeps prior draws in a range where short chains mix
+    prior = PriorConfig(alpha0=4.0, beta0=2.0, noise_alpha=6.0, noise_beta=2.0, bias_scale=1.0)
+    spec = ModelSpec(structure=encoder.structure, rank=rank, prior=prior)
+    arrays = encoder.transform(X).arrays()
+    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+    data = to_jax(arrays)
+    missing = sorted(set(range(n_users * n_items)) - set(cells))[0]
+    probe = to_jax(
+        encoder.transform(
+            pd.DataFrame(
+                {"user_id": [missing // n_items], "item_id": [missing % n_items], "x": [0.0]}
+            )
+        ).arrays()
+    )
+
+    def latent(p):
+        lin, s, q = fm_components(p, probe, spec.structure)
+        return (p["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q))[0]
+
+    n_sets, warmup, kept, thin = 200, 1000, 99, 10
+    prior_draws = Predictive(partial(fm_model, spec=spec), num_samples=n_sets)(
+        jax.random.PRNGKey(1), data, jnp.float32(0.0), None
+    )
+
+    def one(truth, key):
+        k_init, k_run = jax.random.split(key)
+        params = initial_values(spec, k_init)
+        params["sigma"] = jnp.float32(1.0)
+
+        def sweep(p, k):
+            p = gibbs_sweep(p, data, jnp.float32(0.0), truth["y"], k, spec)
+            return p, None
+
+        def kept_draw(p, k):
+            p, _ = jax.lax.scan(sweep, p, jax.random.split(k, thin))
+            return p, (p["sigma"], latent(p))
+
+        params, _ = jax.lax.scan(sweep, params, jax.random.split(k_run, warmup))
+        _, (sig, lat) = jax.lax.scan(kept_draw, params, jax.random.split(key, kept))
+        true_sigma = truth["sigma"]
+        return jnp.sum(sig < true_sigma), jnp.sum(lat < latent(truth))
+
+    keys = jax.random.split(jax.random.PRNGKey(2), n_sets)
+    truths = {k: v for k, v in prior_draws.items()}
+    ranks_sigma, ranks_latent = jax.jit(jax.vmap(one))(truths, keys)
+    for ranks in (np.asarray(ranks_sigma), np.asarray(ranks_latent)):
+        counts = np.bincount(ranks // 10, minlength=10)  # 100 possible ranks -> 10 bins
+        assert chisquare(counts).pvalue > 0.01, counts
