@@ -37,7 +37,7 @@ def _args():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=os.environ.get("BAYESFM_ML100K"))
     p.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES))
-    p.add_argument("--splits", nargs="+", default=["ua"])
+    p.add_argument("--splits", nargs="*", default=["ua"], help="splits for the myFM comparison")
     p.add_argument("--sweeps", type=int, default=200, help="total sweeps per fit")
     p.add_argument("--kept", type=int, default=100, help="sweeps kept (the last ones)")
     p.add_argument("--diagnostics", nargs="*", default=[], help="splits for the 4-chain run")
@@ -198,8 +198,23 @@ def main() -> None:
             rhat = az.rhat(lat)["y"].values
             ess = az.ess(lat)["y"].values
             s = az.summary(model.idata_, var_names=["sigma", "w0"], kind="diagnostics")
-            lam = az.rhat(model.idata_, var_names=["^v_lambda_", "^w_lambda_"], filter_vars="regex")
-            lam_rhat = np.concatenate([np.ravel(lam[v].values) for v in lam.data_vars])
+            post = model.idata_.posterior
+            w_names = [v for v in post.data_vars if v.startswith("w_lambda_")]
+            w_lam = az.rhat(post[w_names])
+            w_lam_rhat = np.array([float(w_lam[v]) for v in w_names])
+            # factor precisions are exchangeable across factor dimensions (the posterior is
+            # invariant to permuting them), so compare chains on the sorted values
+            v_names = [v for v in post.data_vars if v.startswith("v_lambda_")]
+            raw = az.rhat(post[v_names])
+            v_raw = np.concatenate([np.ravel(raw[v].values) for v in v_names])
+            v_sorted = np.concatenate(
+                [
+                    np.ravel(az.rhat(az.convert_to_dataset(np.sort(post[v].values, -1)))["x"])
+                    for v in v_names
+                ]
+            )
+            y = test.rating.to_numpy(float)
+            iv90 = model.predict_interval(test, 0.9)
             save(
                 f"diag/{features}/{split}",
                 {
@@ -209,13 +224,16 @@ def main() -> None:
                     "warmup": 200,
                     "kept": 500,
                     "fit_s": fit_s,
+                    "rmse": float(np.sqrt(np.mean((iv90["mean"] - y) ** 2))),
+                    "cov90": float(np.mean((y >= iv90.lower) & (y <= iv90.upper))),
                     "sigma_rhat": float(s.loc["sigma", "r_hat"]),
                     "w0_rhat": float(s.loc["w0", "r_hat"]),
                     "probe_rhat_max": float(rhat.max()),
                     "probe_rhat_median": float(np.median(rhat)),
                     "probe_ess_min": float(ess.min()),
-                    "lambda_rhat_max": float(lam_rhat.max()),
-                    "lambda_rhat_median": float(np.median(lam_rhat)),
+                    "w_lambda_rhat_max": float(w_lam_rhat.max()),
+                    "v_lambda_rhat_median": float(np.median(v_raw)),
+                    "v_lambda_sorted_rhat_max": float(v_sorted.max()),
                 },
             )
     if not args.quick:
@@ -292,17 +310,20 @@ def write_doc(results: dict, doc: Path) -> None:
             "Convergence, 4 chains x (200 warmup + 500 kept sweeps); rank-normalized R-hat; "
             "probe = latent predictions of 200 test cells",
             "",
-            "| features | split | fit s | sigma R-hat | w0 R-hat | probe R-hat max | probe R-hat "
-            "median | probe ESS min | precision R-hat max | precision R-hat median |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| features | split | fit s | RMSE | cov 90% | sigma R-hat | w0 R-hat "
+            "| probe R-hat max | probe R-hat median | probe ESS min | linear precision R-hat max "
+            "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(diags):
             r = diags[key]
             lines.append(
-                f"| {r['features']} | {r['split']} | {r['fit_s']:.0f} | {r['sigma_rhat']:.3f} "
+                f"| {r['features']} | {r['split']} | {r['fit_s']:.0f} | {r['rmse']:.4f} "
+                f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} "
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "
-                f"| {r['lambda_rhat_max']:.3f} | {r['lambda_rhat_median']:.3f} |"
+                f"| {r['w_lambda_rhat_max']:.3f} | {r['v_lambda_rhat_median']:.3f} "
+                f"| {r['v_lambda_sorted_rhat_max']:.3f} |"
             )
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
