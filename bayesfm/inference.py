@@ -83,11 +83,7 @@ class NUTSConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("num_warmup", "num_samples", "num_chains", "thinning"))
-        if self.chain_method not in CHAIN_METHODS:
-            raise ValueError(
-                f"chain_method: got {self.chain_method!r}; allowed {list(CHAIN_METHODS)}"
-            )
+        _check_mcmc_settings(self)
         if not 0 < self.target_accept_prob < 1:
             raise ValueError(f"target_accept_prob: got {self.target_accept_prob!r}; allowed (0, 1)")
 
@@ -165,15 +161,18 @@ class GibbsConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("num_warmup", "num_samples", "num_chains", "thinning"))
-        if self.chain_method not in CHAIN_METHODS:
-            raise ValueError(
-                f"chain_method: got {self.chain_method!r}; allowed {list(CHAIN_METHODS)}"
-            )
+        _check_mcmc_settings(self)
 
 
 InferenceConfig = NUTSConfig | SVIConfig | GibbsConfig
 _DEFAULT_CONFIGS = {"nuts": NUTSConfig, "svi": SVIConfig, "gibbs": GibbsConfig}
+
+
+def _check_mcmc_settings(cfg: Any) -> None:
+    """Checks shared by the MCMC configs (draw counts and the chain method)."""
+    _check_positive(cfg, ("num_warmup", "num_samples", "num_chains", "thinning"))
+    if cfg.chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method: got {cfg.chain_method!r}; allowed {list(CHAIN_METHODS)}")
 
 
 def _check_positive(cfg: Any, names: tuple[str, ...]) -> None:
