@@ -23,6 +23,7 @@ ArviZ and all downstream code treat its draws like NUTS draws.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -444,8 +445,6 @@ class FMGibbs(MCMCKernel):
             raise ValueError(
                 f"task: got {spec.task!r}; the Gibbs sampler supports ['regression'] so far"
             )
-        from dataclasses import replace
-
         self.spec = replace(spec, prior=replace(spec.prior, parametrization="centered"))
         self._model = partial(fm_model, spec=self.spec)
 
