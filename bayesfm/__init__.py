@@ -1,19 +1,17 @@
 """bayesfm: Bayesian matrix factorization and factorization machines on NumPyro/JAX."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-from . import datasets
+from . import datasets, diagnostics, metrics
+from ._version import __version__
 from .data import Categorical, FeatureSpec, Implicit, MultiHot, Numeric
 from .estimators import BayesianFM, BayesianMF, NotFittedError
 from .inference import GibbsConfig, NUTSConfig, SVIConfig
+from .metrics import compare, evaluate, loo
+from .persistence import load
 from .priors import PriorConfig
-
-try:
-    __version__ = version("bayesfm")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+local"
+from .report import report
 
 __all__ = [
+    "__version__",
     "BayesianFM",
     "BayesianMF",
     "Categorical",
@@ -26,5 +24,12 @@ __all__ = [
     "Numeric",
     "PriorConfig",
     "SVIConfig",
+    "compare",
     "datasets",
+    "diagnostics",
+    "evaluate",
+    "load",
+    "loo",
+    "metrics",
+    "report",
 ]

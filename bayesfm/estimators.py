@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
-from dataclasses import replace
+import os
+from dataclasses import asdict, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -16,7 +19,10 @@ from jax.flatten_util import ravel_pytree
 from scipy.stats import norm
 
 from . import idata as idata_mod
+from . import persistence
+from ._version import __version__
 from .data import Categorical, Encoded, FeatureSpec, FittedEncoder
+from .diagnostics import diagnose, probe_labels, probe_table, warn_if_failed
 from .fm import LINKS, TASKS, ModelSpec, constrain, fm_model, initial_values
 from .gibbs import FMGibbs, gibbs_plan
 from .inference import (
@@ -24,6 +30,8 @@ from .inference import (
     InferenceConfig,
     NUTSConfig,
     SVIConfig,
+    config_from_dict,
+    config_to_dict,
     fit_svi,
     resolve_inference,
     run_gibbs,
@@ -70,6 +78,13 @@ class BayesianFM:
         Seed of inference and of predictive draws.
     progress_bar : bool or None
         Show progress bars; ``None`` keeps the inference config's setting.
+    store_factors : bool
+        Keep the latent-factor draws in ``idata_.posterior``. They are the bulk of a large
+        posterior and are identified only up to rotation; without them ``idata_`` stays
+        small, while predictions (and :meth:`save`) still use the estimator's own copy.
+    store_pointwise : bool
+        Store the pointwise ``log_likelihood`` and ``posterior_predictive`` of every training
+        row (``draws x rows`` each), needed for LOO and the posterior predictive check.
 
     Examples
     --------
@@ -93,6 +108,8 @@ class BayesianFM:
         chunk_size: int = 4096,
         random_state: int = 0,
         progress_bar: bool | None = None,
+        store_factors: bool = True,
+        store_pointwise: bool = True,
     ) -> None:
         self.rank = rank
         self.features = features
@@ -104,6 +121,8 @@ class BayesianFM:
         self.chunk_size = chunk_size
         self.random_state = random_state
         self.progress_bar = progress_bar
+        self.store_factors = store_factors
+        self.store_pointwise = store_pointwise
 
     # ------------------------------------------------------------------ sklearn protocol
     @classmethod
@@ -150,6 +169,9 @@ class BayesianFM:
             raise ValueError(f"cold_start: got {self.cold_start!r}; allowed {list(COLD_START)}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size: got {self.chunk_size!r}; must be an integer >= 1")
+        for name in ("store_factors", "store_pointwise"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: got {getattr(self, name)!r}; must be True or False")
         cfg = resolve_inference(self.inference)
         if self.progress_bar is not None:
             cfg = replace(cfg, progress_bar=bool(self.progress_bar))
@@ -278,17 +300,97 @@ class BayesianFM:
                 initial_values(nuts_spec, jax.random.fold_in(key, 1)),
                 init,
             )
-        # only now, with everything computed, replace the fitted state
-        self.encoder_ = encoder
-        self.spec_ = spec
-        self.inference_ = cfg
-        self.offset_ = offset
-        self.classes_ = classes
-        self.n_train_ = len(X)
-        self.draws_ = draws
-        self.timings_ = dict(draws.timings)
-        self.idata_ = idata_mod.from_draws(draws, encoder, spec)
+        # fill a copy, so that a failure below leaves a previously fitted state intact
+        fitted = copy.copy(self)
+        fitted.encoder_ = encoder
+        fitted.spec_ = spec
+        fitted.inference_ = cfg
+        fitted.offset_ = offset
+        fitted.classes_ = classes
+        fitted.n_train_ = len(X)
+        fitted.draws_ = draws
+        fitted.timings_ = dict(draws.timings)
+        fitted.probe_ = probe_table(X, encoder, seed=self.random_state)
+        fitted.idata_ = fitted._inference_data(X, y_arr, encoded)
+        diagnostics = None
+        if draws.method != "svi":
+            diagnostics = diagnose(fitted)
+        self.__dict__.update(fitted.__dict__)
+        if diagnostics is not None:
+            warn_if_failed(diagnostics, draws.method)
         return self
+
+    def _inference_data(self, X: pd.DataFrame, y: np.ndarray, encoded: Encoded):
+        """InferenceData with posterior (plus probe predictions) and the per-row groups."""
+        cols = self.encoder_.spec.columns
+        probe = self.probe_
+        n = len(X)
+        c, d = self.draws_.num_chains, self.draws_.num_draws
+        full = self.encoder_.transform(pd.concat([X[cols], probe[cols]], ignore_index=True))
+        pointwise = self.store_pointwise
+        loglik = np.empty((c * d, n), np.float32) if pointwise else None
+        ppc = np.empty((c * d, n), np.float32) if pointwise else None
+        probe_eta = np.empty((c * d, len(probe)), np.float32)
+        engine = self._engine()
+        for k, (start, stop, eta) in enumerate(engine.iter_latent(full, self.random_state)):
+            cut = min(max(n - start, 0), stop - start)  # rows of this chunk that are training
+            if pointwise and cut > 0:
+                rows = slice(start, start + cut)
+                loglik[:, rows] = self._log_density(eta[:, :cut], y[rows])
+                rng = np.random.default_rng([self.random_state, k, 1])
+                ppc[:, rows] = self._predictive_draws(eta[:, :cut], rng)
+            if cut < stop - start:
+                lo = max(start, n) - n
+                probe_eta[:, lo : lo + (stop - start - cut)] = self._expected(eta[:, cut:])
+        probe_ds = xr.Dataset(
+            {"probe": (("chain", "draw", "probe_cell"), probe_eta.reshape(c, d, -1))},
+            coords={
+                "chain": np.arange(c),
+                "draw": np.arange(d),
+                "probe_cell": np.arange(len(probe)),
+                "probe_label": ("probe_cell", np.asarray(probe_labels(probe, self.encoder_))),
+                "probe_kind": ("probe_cell", probe["probe_kind"].to_numpy().astype(str)),
+            },
+        )
+        groups = {}
+        if pointwise:
+            for name, values in (("log_likelihood", loglik), ("posterior_predictive", ppc)):
+                groups[name] = idata_mod.obs_dataset({"y": values.reshape(c, d, n)}, X.index)
+        groups["observed_data"] = idata_mod.obs_dataset(
+            {"y": y.astype(np.float32)}, X.index, with_draws=False
+        )
+        groups["constant_data"] = idata_mod.encoded_dataset(encoded, X.index)
+        return idata_mod.build(
+            self.draws_,
+            self.encoder_,
+            self.spec_,
+            attrs=self._idata_attrs(),
+            store_factors=self.store_factors,
+            extra_posterior=probe_ds,
+            **groups,
+        )
+
+    def _idata_attrs(self) -> dict[str, Any]:
+        return {
+            "inference_library": "bayesfm",
+            "bayesfm_version": __version__,
+            "estimator": type(self).__name__,
+            "estimator_params": idata_mod.to_json(params_to_dict(self)),
+            "inference_method": self.draws_.method,
+            "timings": idata_mod.to_json(self.timings_),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model (InferenceData, encoders, configuration) to a NetCDF file.
+
+        The file is written under a temporary name and renamed when complete, so a failure
+        never damages an existing file. :func:`bayesfm.load` restores the model.
+        """
+        return persistence.save(self, path)
+
+    def diagnose(self) -> pd.DataFrame:
+        """Convergence table on identified quantities; see :func:`bayesfm.diagnostics.diagnose`."""
+        return diagnose(self)
 
     # ---------------------------------------------------------------------- prediction
     def _engine(self) -> PredictiveEngine:
@@ -328,8 +430,20 @@ class BayesianFM:
             return engine.success_prob(eta)
         return np.exp(engine.class_log_probs(eta)) @ self.classes_.astype(np.float32)
 
-    def _chunks(self, X: pd.DataFrame):
-        enc = self._encode_new(X)
+    def _log_density(self, eta: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """log p(y | draw) for each draw and row; ``y`` on the original label scale."""
+        engine = self._engine()
+        if self.task == "regression":
+            return norm.logpdf(y[None], eta, engine.noise()[:, None]).astype(np.float32)
+        if self.task == "binary":
+            p = np.clip(engine.success_prob(eta).astype(np.float64), 1e-12, 1 - 1e-12)
+            return np.where(y[None] == 1, np.log(p), np.log1p(-p)).astype(np.float32)
+        lps = engine.class_log_probs(eta)
+        cls = np.searchsorted(self.classes_, y)[None, :, None]
+        return np.take_along_axis(lps, np.broadcast_to(cls, (*eta.shape, 1)), -1)[..., 0]
+
+    def _chunks(self, X: pd.DataFrame, enc: Encoded | None = None):
+        enc = self._encode_new(X) if enc is None else enc
         engine = self._engine()
         for c, (start, stop, eta) in enumerate(engine.iter_latent(enc, self.random_state)):
             rng = np.random.default_rng([self.random_state, c])
@@ -361,22 +475,35 @@ class BayesianFM:
     def predict_posterior(self, X: pd.DataFrame, latent: bool = False) -> xr.DataArray:
         """Posterior predictive draws as a DataArray with dims ``(chain, draw, obs)``.
 
+        The draws, and the encoded indices of ``X``, also replace the ``predictions`` and
+        ``predictions_constant_data`` groups of ``idata_``.
+
         Parameters
         ----------
         latent : bool
             Return the noise-free latent mean ``E[y | draw]`` instead of observation draws.
         """
         self._check_fitted()
+        enc = self._encode_new(X)
         c, d = self.draws_.num_chains, self.draws_.num_draws
         out = np.empty((c * d, len(X)), np.float32)
-        for start, stop, eta, rng in self._chunks(X):
+        for start, stop, eta, rng in self._chunks(X, enc):
             out[:, start:stop] = self._expected(eta) if latent else self._predictive_draws(eta, rng)
-        return xr.DataArray(
+        name = "y_latent" if latent else "y"
+        draws = xr.DataArray(
             out.reshape(c, d, len(X)),
             dims=("chain", "draw", "obs"),
-            coords={"chain": np.arange(c), "draw": np.arange(d), "obs": np.asarray(X.index)},
-            name="y_latent" if latent else "y",
+            coords={
+                "chain": np.arange(c),
+                "draw": np.arange(d),
+                "obs": idata_mod.coord_values(X.index.to_numpy()),
+            },
+            name=name,
         )
+        self.idata_ = idata_mod.with_predictions(
+            self.idata_, draws.to_dataset(), idata_mod.encoded_dataset(enc, X.index.to_numpy())
+        )
+        return draws
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Class probabilities averaged over the posterior.
@@ -411,21 +538,9 @@ class BayesianFM:
                     f"y: ordinal labels {unseen[:5].tolist()} were not seen in training; "
                     f"allowed classes are {self.classes_.tolist()}"
                 )
-        engine = self._engine()
         total = 0.0
         for start, stop, eta, _ in self._chunks(X):
-            yy = y_arr[start:stop]
-            if self.task == "regression":
-                s = engine.noise()[:, None]
-                lp = norm.logpdf(yy[None], eta, s)
-            elif self.task == "binary":
-                p = np.clip(engine.success_prob(eta), 1e-12, 1 - 1e-12)
-                lp = np.where(yy[None] == 1, np.log(p), np.log1p(-p))
-            else:
-                lps = engine.class_log_probs(eta)
-                lp = np.take_along_axis(lps, np.searchsorted(self.classes_, yy)[None, :, None], -1)[
-                    ..., 0
-                ]
+            lp = self._log_density(eta, y_arr[start:stop])
             m = lp.max(0)
             total += float(np.sum(m + np.log(np.exp(lp - m).mean(0))))
         return total / len(X)
@@ -465,6 +580,8 @@ class BayesianMF(BayesianFM):
         chunk_size: int = 4096,
         random_state: int = 0,
         progress_bar: bool | None = None,
+        store_factors: bool = True,
+        store_pointwise: bool = True,
     ) -> None:
         self.user = user
         self.item = item
@@ -479,6 +596,8 @@ class BayesianMF(BayesianFM):
             chunk_size=chunk_size,
             random_state=random_state,
             progress_bar=progress_bar,
+            store_factors=store_factors,
+            store_pointwise=store_pointwise,
         )
 
     @property
@@ -496,6 +615,36 @@ class BayesianMF(BayesianFM):
 
 
 # ---------------------------------------------------------------------------------- helpers
+def params_to_dict(model: BayesianFM) -> dict[str, Any]:
+    """Constructor parameters of ``model`` as JSON-friendly values (inverse: params_from_dict)."""
+    out: dict[str, Any] = {}
+    for name, value in model.get_params().items():
+        if isinstance(value, FeatureSpec):
+            value = {"feature_spec": value.to_dict()}
+        elif isinstance(value, list | tuple) and name == "features":
+            value = {"feature_spec": FeatureSpec(value).to_dict()}
+        elif isinstance(value, PriorConfig):
+            value = {"prior_config": asdict(value)}
+        elif name == "inference" and not isinstance(value, str):
+            value = {"inference_config": config_to_dict(value)}
+        out[name] = value
+    return out
+
+
+def params_from_dict(params: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keyword arguments from :func:`params_to_dict` output."""
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, dict) and "feature_spec" in value:
+            value = FeatureSpec.from_dict(value["feature_spec"])
+        elif isinstance(value, dict) and "prior_config" in value:
+            value = PriorConfig(**value["prior_config"])
+        elif isinstance(value, dict) and "inference_config" in value:
+            value = config_from_dict(value["inference_config"])
+        out[name] = value
+    return out
+
+
 def complete_samples(
     spec: ModelSpec, samples: dict[str, np.ndarray], unconstrained: bool = False
 ) -> dict[str, np.ndarray]:

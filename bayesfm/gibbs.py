@@ -16,6 +16,11 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    O(entities holding the level x rank^2), not O(rows).
 3. The global bias, the Normal–Gamma hyperparameters of every group (drawn jointly from their
    Normal–Gamma conditional) and the noise precision.
+4. With exactly two one-hot fields and nothing else (MF), a *scale exchange*: factor ``f`` of
+   every user is multiplied by ``c_f`` and of every item divided by it, which leaves every
+   prediction unchanged. Plain Gibbs moves along this direction only by a slow random walk
+   (the ratings pin down the product of the two factor scales, not their ratio); a
+   Metropolis chain on ``log c_f`` crosses it in one sweep (see :func:`scale_exchange`).
 
 The kernel exposes the same site names as :func:`bayesfm.fm.fm_model` (centred), so MCMC,
 ArviZ and all downstream code treat its draws like NUTS draws.
@@ -45,10 +50,13 @@ __all__ = [
     "normal_gamma_draw",
     "entity_systems",
     "term_systems",
+    "scale_exchange",
 ]
 
 # relative diagonal jitter that keeps float32 Cholesky factors of large Gram sums finite
 _JITTER = 1e-6
+# Metropolis steps of the scale exchange per sweep (each O(rank) once sums are formed)
+_SCALE_STEPS = 8
 
 
 class GibbsState(NamedTuple):
@@ -399,7 +407,7 @@ def gibbs_sweep(
     """One full sweep over all blocks; returns the new site values (centred sites)."""
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
-    keys = iter(jax.random.split(key, 2 + 3 * len(structure.groups)))
+    keys = iter(jax.random.split(key, 3 + 3 * len(structure.groups)))
     for d, n in structure.entities:
         params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys))
     for term in structure.terms:
@@ -417,6 +425,17 @@ def gibbs_sweep(
         params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = mu, lam
         mu, lam = ng(params[f"v_{g}"], next(keys))
         params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = mu, lam
+    if len(structure.entities) == 2 and not structure.terms:
+        (a, _), (b, _) = structure.entities
+        params[f"v_{a}"], params[f"v_{b}"], _ = scale_exchange(
+            params[f"v_{a}"],
+            params[f"v_{b}"],
+            params[f"v_mu_{a}"],
+            params[f"v_lambda_{a}"],
+            params[f"v_mu_{b}"],
+            params[f"v_lambda_{b}"],
+            next(keys),
+        )
     resid, *_ = _residual(params, data, offset, y, structure)
     shape = prior.noise_alpha + 0.5 * y.shape[0]
     rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
@@ -424,6 +443,59 @@ def gibbs_sweep(
     params["noise_precision"] = tau
     params["sigma"] = 1.0 / jnp.sqrt(tau)
     return params
+
+
+def scale_exchange(
+    v_a: jnp.ndarray,
+    v_b: jnp.ndarray,
+    mu_a: jnp.ndarray,
+    lam_a: jnp.ndarray,
+    mu_b: jnp.ndarray,
+    lam_b: jnp.ndarray,
+    key: jax.Array,
+    steps: int = _SCALE_STEPS,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Move ``(v_a[:, f], v_b[:, f]) -> (c_f v_a[:, f], v_b[:, f] / c_f)`` by Metropolis.
+
+    The likelihood depends on ``v_a v_b^T`` only, so along this orbit only the priors
+    ``v_a[:, f] ~ N(mu_a[f], 1/lam_a[f])`` (same for ``b``) and the Jacobian
+    ``c^(n_a - n_b)`` matter. With ``t = log c`` and the Haar measure ``dt``, the target is
+
+    ``log p(t) = -lam_a/2 (e^2t Sxx - 2 e^t mu_a Sx) - lam_b/2 (e^-2t Syy - 2 e^-t mu_b Sy)
+    + (n_a - n_b) t``
+
+    (sums over levels), evaluated in O(1) per step. A random walk on ``t`` whose scale is
+    an orbit invariant (``Sxx Syy`` does not change along the orbit) is a symmetric proposal,
+    so each step leaves the joint posterior invariant (the group-move argument of Liu & Wu,
+    1999). Factors move independently. Returns the new tables and ``t``.
+    """
+    n_a, n_b = v_a.shape[0], v_b.shape[0]
+    sx, sxx = v_a.sum(0), (v_a * v_a).sum(0)
+    sy, syy = v_b.sum(0), (v_b * v_b).sum(0)
+
+    def log_target(t):
+        c = jnp.exp(t)
+        return (
+            -0.5 * lam_a * (c * c * sxx - 2.0 * c * mu_a * sx)
+            - 0.5 * lam_b * (syy / (c * c) - 2.0 * mu_b * sy / c)
+            + (n_a - n_b) * t
+        )
+
+    # curvature at the balanced point, 4 sqrt(lam_a lam_b Sxx Syy), is invariant on the orbit
+    scale = 2.4 / jnp.sqrt(4.0 * jnp.sqrt(lam_a * lam_b * sxx * syy) + 1e-12)
+
+    def step(carry, k):
+        t, lp = carry
+        k_prop, k_acc = jax.random.split(k)
+        t_new = t + scale * jax.random.normal(k_prop, t.shape)
+        lp_new = log_target(t_new)
+        accept = jnp.log(jax.random.uniform(k_acc, t.shape)) < lp_new - lp
+        return (jnp.where(accept, t_new, t), jnp.where(accept, lp_new, lp)), None
+
+    t0 = jnp.zeros_like(sx)
+    (t, _), _ = jax.lax.scan(step, (t0, log_target(t0)), jax.random.split(key, steps))
+    c = jnp.exp(t)
+    return v_a * c, v_b / c, t
 
 
 class FMGibbs(MCMCKernel):

@@ -18,6 +18,7 @@ from bayesfm.gibbs import (
     entity_systems,
     gibbs_plan,
     normal_gamma_draw,
+    scale_exchange,
     term_systems,
 )
 from bayesfm.inference import to_jax
@@ -327,3 +328,38 @@ def test_simulation_based_calibration():
     for ranks in (np.asarray(ranks_sigma), np.asarray(ranks_latent)):
         counts = np.bincount(ranks // 10, minlength=10)  # 100 possible ranks -> 10 bins
         assert chisquare(counts).pvalue > 0.01, counts
+
+
+def test_scale_exchange_keeps_predictions_and_its_orbit_target():
+    """A long chain of scale-exchange moves samples log c from the exact orbit density."""
+    rng = np.random.default_rng(4)
+    v_a = jnp.asarray(rng.normal(0.3, 1.0, (7, 2)), jnp.float32)
+    v_b = jnp.asarray(rng.normal(-0.2, 0.7, (4, 2)), jnp.float32)
+    mu_a, lam_a = jnp.array([0.2, -0.1]), jnp.array([1.5, 0.7])
+    mu_b, lam_b = jnp.array([-0.3, 0.4]), jnp.array([2.0, 1.1])
+
+    def one(carry, key):
+        va, vb, total = carry
+        va, vb, t = scale_exchange(va, vb, mu_a, lam_a, mu_b, lam_b, key, steps=1)
+        return (va, vb, total + t), total + t
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 40000)
+    (va, vb, _), path = jax.jit(lambda k: jax.lax.scan(one, (v_a, v_b, jnp.zeros(2)), k))(keys)
+    np.testing.assert_allclose(va @ vb.T, v_a @ v_b.T, rtol=1e-4, atol=1e-5)
+    path = np.asarray(path)[2000:]
+    # the target on the orbit of the starting point, by quadrature
+    t = np.linspace(-4, 4, 8001)[:, None]
+    c = np.exp(t)
+    sx, sxx = np.sum(v_a, 0), np.sum(v_a**2, 0)
+    sy, syy = np.sum(v_b, 0), np.sum(v_b**2, 0)
+    logp = (
+        -0.5 * lam_a * (c**2 * sxx - 2 * c * mu_a * sx)
+        - 0.5 * lam_b * (syy / c**2 - 2 * mu_b * sy / c)
+        + (7 - 4) * t
+    )
+    p = np.exp(logp - logp.max(0))
+    p /= p.sum(0)
+    mean = (p * t).sum(0)
+    sd = np.sqrt((p * (t - mean) ** 2).sum(0))
+    assert np.all(np.abs(path.mean(0) - mean) < 0.1 * sd), (path.mean(0), mean, sd)
+    np.testing.assert_allclose(path.std(0), sd, rtol=0.1)

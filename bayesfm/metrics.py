@@ -1,0 +1,333 @@
+"""Accuracy, calibration and model comparison on held-out data.
+
+:func:`evaluate` computes everything a report needs from one chunked pass over the
+posterior predictive of a test table: RMSE, MAE, the mean log predictive density (a proper
+scoring rule), the coverage curve of central intervals, PIT values, coverage by user-activity
+tercile and for cold-start rows, and for classification AUC, log-loss and a reliability
+curve. :func:`loo` and :func:`compare` wrap ArviZ's PSIS-LOO for the training fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+from scipy.stats import norm, rankdata
+
+from . import idata as idata_mod
+from .data import Categorical
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .estimators import BayesianFM
+
+__all__ = [
+    "COVERAGE_LEVELS",
+    "PredictiveCheck",
+    "auc",
+    "compare",
+    "coverage_curve",
+    "evaluate",
+    "log_loss",
+    "loo",
+    "mae",
+    "reliability_curve",
+    "rmse",
+]
+
+COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+PARETO_K_BINS = (
+    (-np.inf, 0.5, "good"),
+    (0.5, 0.7, "ok"),
+    (0.7, 1.0, "bad"),
+    (1.0, np.inf, "very bad"),
+)
+
+
+# ---------------------------------------------------------------------- point metrics
+def rmse(y: np.ndarray, prediction: np.ndarray) -> float:
+    """Root mean squared error."""
+    return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(prediction)) ** 2)))
+
+
+def mae(y: np.ndarray, prediction: np.ndarray) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(np.asarray(y) - np.asarray(prediction))))
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney statistic; ties count one half)."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of 0/1 labels under probabilities ``p`` of a 1."""
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    y = np.asarray(y)
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+    """Observed frequency of 1s against the mean predicted probability, in equal-width bins."""
+    p = np.asarray(p, np.float64)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    frame = pd.DataFrame({"bin": bins, "p": p, "y": np.asarray(y, np.float64)})
+    out = frame.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"), n=("y", "size"))
+    out.index = [f"[{b / n_bins:.1f}, {(b + 1) / n_bins:.1f})" for b in out.index]
+    return out.rename_axis("bin").reset_index()
+
+
+def coverage_curve(
+    y: np.ndarray, lower: np.ndarray, upper: np.ndarray, levels: tuple[float, ...]
+) -> pd.DataFrame:
+    """Empirical coverage and mean width of central intervals.
+
+    ``lower`` and ``upper`` have shape ``(len(levels), n)``.
+    """
+    y = np.asarray(y)[None]
+    inside = (y >= lower) & (y <= upper)
+    return pd.DataFrame(
+        {
+            "nominal": np.asarray(levels),
+            "empirical": inside.mean(1),
+            "mean_width": (upper - lower).mean(1),
+        }
+    )
+
+
+# ------------------------------------------------------------------------ evaluation
+@dataclass
+class PredictiveCheck:
+    """Held-out accuracy and calibration of a fitted model (see :func:`evaluate`).
+
+    Attributes
+    ----------
+    summary : dict
+        ``n, rmse, mae, mlpd`` and the 50%/90% coverage and mean width; for the binary task
+        also ``auc, log_loss, accuracy``; for ordinal ``accuracy`` and ``log_loss``.
+    coverage : pandas.DataFrame
+        ``nominal, empirical, mean_width`` for central intervals at ``COVERAGE_LEVELS``.
+    pit : numpy.ndarray
+        Probability integral transform of every row (uniform when calibrated; randomized
+        for discrete outcomes).
+    by_activity : pandas.DataFrame
+        ``n, rmse, coverage_90, width_90`` for rows split by their user's training activity
+        tercile, and for cold-start rows (an id unseen in training).
+    rows : pandas.DataFrame
+        Per-row ``y, mean, lower_90, upper_90, lpd, pit, activity``.
+    reliability : pandas.DataFrame or None
+        Binary task: observed frequency against predicted probability.
+    """
+
+    summary: dict[str, Any]
+    coverage: pd.DataFrame
+    pit: np.ndarray
+    by_activity: pd.DataFrame
+    rows: pd.DataFrame
+    reliability: pd.DataFrame | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _activity_groups(model: BayesianFM, X: pd.DataFrame) -> np.ndarray:
+    """Label each row by its user's training activity tercile, or ``"cold start"``."""
+    spec = model.encoder_.spec
+    entities = [f for f in spec.fields if isinstance(f, Categorical) and f.owner is None]
+    labels = np.full(len(X), "all", dtype=object)
+    if not entities:
+        return labels
+    cold = np.zeros(len(X), bool)
+    for f in entities:
+        cold |= model.encoder_.index(f.dim, X[f.column].to_numpy()) < 0
+    user = entities[0]
+    const = model.idata_.constant_data
+    counts = np.bincount(
+        const[f"{user.dim}_index"].to_numpy(), minlength=len(model.encoder_.levels[user.dim])
+    )
+    lo, hi = np.quantile(counts, [1 / 3, 2 / 3])
+    idx = model.encoder_.index(user.dim, X[user.column].to_numpy())
+    c = counts[np.maximum(idx, 0)]
+    labels = np.where(
+        c <= lo,
+        f"low activity (<= {lo:.0f})",
+        np.where(c <= hi, f"mid activity ({lo:.0f}, {hi:.0f}]", f"high activity (> {hi:.0f})"),
+    ).astype(object)
+    labels[cold] = "cold start"
+    return labels
+
+
+def _activity_order(label: str) -> int:
+    return next((i for i, p in enumerate(("low", "mid", "high", "all")) if label.startswith(p)), 4)
+
+
+def evaluate(
+    model: BayesianFM, X: pd.DataFrame, y: Any, levels: tuple[float, ...] = COVERAGE_LEVELS
+) -> PredictiveCheck:
+    """Accuracy and calibration of ``model`` on a held-out table ``X`` with targets ``y``.
+
+    Memory is bounded: the posterior predictive is summarized chunk by chunk.
+    """
+    model._check_fitted()
+    y = model._validated_target(y, len(X))
+    levels = tuple(float(q) for q in levels)
+    if not levels or any(not 0 < q < 1 for q in levels):
+        raise ValueError(f"levels: got {levels!r}; every level must lie in (0, 1)")
+    task = model.task
+    if task == "ordinal":
+        unseen = np.setdiff1d(np.unique(y), model.classes_)
+        if len(unseen):
+            raise ValueError(
+                f"y: ordinal labels {unseen[:5].tolist()} were not seen in training; "
+                f"allowed classes are {model.classes_.tolist()}"
+            )
+    n = len(X)
+    qs = np.concatenate([(1 - np.asarray(levels)) / 2, (1 + np.asarray(levels)) / 2])
+    bounds = np.empty((len(qs), n))
+    mean, lpd, pit = np.empty(n), np.empty(n), np.empty(n)
+    p1 = np.empty(n) if task == "binary" else None
+    top = np.empty(n) if task == "ordinal" else None
+    engine = model._engine()
+    uniform = np.random.default_rng([model.random_state, 2]).random(n)
+    for start, stop, eta, rng in model._chunks(X):
+        rows = slice(start, stop)
+        yy = y[rows]
+        mean[rows] = model._expected(eta).mean(0)
+        bounds[:, rows] = np.quantile(model._predictive_draws(eta, rng), qs, 0)
+        lp = model._log_density(eta, yy).astype(np.float64)
+        lpd[rows] = logsumexp(lp, 0) - np.log(lp.shape[0])
+        if task == "regression":
+            pit[rows] = norm.cdf((yy[None] - eta) / engine.noise()[:, None]).mean(0)
+        elif task == "binary":
+            p = engine.success_prob(eta).mean(0)
+            p1[rows] = p
+            below, at = np.where(yy == 1, 1 - p, 0.0), np.where(yy == 1, p, 1 - p)
+            pit[rows] = below + uniform[rows] * at
+        else:
+            probs = np.exp(engine.class_log_probs(eta)).mean(0)
+            k = np.searchsorted(model.classes_, yy)
+            cdf = np.cumsum(probs, -1)
+            below = np.where(k > 0, cdf[np.arange(len(k)), np.maximum(k - 1, 0)], 0.0)
+            pit[rows] = below + uniform[rows] * probs[np.arange(len(k)), k]
+            top[rows] = model.classes_[probs.argmax(-1)]
+    m = len(levels)
+    lower, upper = bounds[:m], bounds[m:]
+    coverage = coverage_curve(y, lower, upper, levels)
+    summary: dict[str, Any] = {
+        "n": n,
+        "rmse": rmse(y, mean),
+        "mae": mae(y, mean),
+        "mlpd": float(lpd.mean()),
+    }
+    i90 = int(np.argmin(np.abs(np.asarray(levels) - 0.9)))
+    for q in (0.5, 0.9):
+        j = int(np.argmin(np.abs(np.asarray(levels) - q)))
+        if abs(levels[j] - q) < 1e-9:
+            summary[f"coverage_{int(q * 100)}"] = float(coverage.empirical[j])
+            summary[f"width_{int(q * 100)}"] = float(coverage.mean_width[j])
+    reliability = None
+    if task == "binary":
+        summary.update(
+            auc=auc(y, p1), log_loss=log_loss(y, p1), accuracy=float(np.mean((p1 > 0.5) == y))
+        )
+        reliability = reliability_curve(y, p1)
+    elif task == "ordinal":
+        summary.update(accuracy=float(np.mean(top == y)), log_loss=float(-lpd.mean()))
+    activity = _activity_groups(model, X)
+    inside90 = (y >= lower[i90]) & (y <= upper[i90])
+    rows_df = pd.DataFrame(
+        {
+            "y": y,
+            "mean": mean,
+            "lower_90": lower[i90],
+            "upper_90": upper[i90],
+            "inside_90": inside90,
+            "lpd": lpd,
+            "pit": pit,
+            "activity": activity,
+        },
+        index=X.index,
+    )
+    by_activity = (
+        rows_df.assign(sq=(rows_df.y - rows_df["mean"]) ** 2, width=upper[i90] - lower[i90])
+        .groupby("activity", sort=False)
+        .agg(
+            n=("y", "size"),
+            rmse=("sq", "mean"),
+            coverage_90=("inside_90", "mean"),
+            width_90=("width", "mean"),
+        )
+        .assign(rmse=lambda d: np.sqrt(d.rmse))
+    )
+    order = sorted(by_activity.index, key=_activity_order)
+    by_activity = by_activity.loc[order].reset_index()
+    return PredictiveCheck(summary, coverage, pit, by_activity, rows_df, reliability)
+
+
+# ------------------------------------------------------------------------------ LOO
+def _idata_of(model_or_idata: Any) -> Any:
+    idata = getattr(model_or_idata, "idata_", model_or_idata)
+    if not isinstance(idata, idata_mod.InferenceData):
+        raise TypeError(
+            f"got {type(model_or_idata).__name__}; expected a fitted bayesfm estimator or an "
+            "arviz.InferenceData"
+        )
+    if "log_likelihood" not in idata.groups():
+        raise ValueError(
+            "the fit has no pointwise log_likelihood group; refit with store_pointwise=True for LOO"
+        )
+    return idata
+
+
+def loo(model: Any) -> dict[str, Any]:
+    """PSIS-LOO of a fit: ``elpd_loo``, its standard error, ``p_loo`` and Pareto-k counts.
+
+    Returns a dict with those numbers, ``pareto_k`` (a DataFrame of counts per k range:
+    good <= 0.5, ok <= 0.7, bad <= 1, very bad > 1), and ``elpd_data`` (ArviZ's ELPDData).
+    """
+    result = idata_mod.loo(_idata_of(model))
+    k = np.asarray(result.pareto_k).ravel()
+    counts = pd.DataFrame(
+        [
+            {"range": f"({lo}, {hi}]", "label": label, "count": int(((k > lo) & (k <= hi)).sum())}
+            for lo, hi, label in PARETO_K_BINS
+        ]
+    )
+    counts["share"] = counts["count"] / max(len(k), 1)
+    return {
+        "elpd_loo": float(result.elpd_loo),
+        "se": float(result.se),
+        "p_loo": float(result.p_loo),
+        "n": int(len(k)),
+        "pareto_k": counts,
+        "elpd_data": result,
+    }
+
+
+def compare(models: dict[str, Any]) -> pd.DataFrame:
+    """Rank fits by PSIS-LOO expected log predictive density (wraps ``arviz.compare``).
+
+    Parameters
+    ----------
+    models : dict
+        Names to fitted estimators (or InferenceData), all fitted on the same rows.
+    """
+    if not isinstance(models, dict) or len(models) < 2:
+        raise ValueError(
+            f"models: got {type(models).__name__} of size "
+            f"{len(models) if hasattr(models, '__len__') else '?'}; "
+            "pass a dict of at least two named fits"
+        )
+    idatas = {name: _idata_of(m) for name, m in models.items()}
+    sizes = {name: i.log_likelihood.sizes["obs"] for name, i in idatas.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"models: fits have different numbers of observations {sizes}; LOO "
+            "comparison needs fits on the same training rows"
+        )
+    return idata_mod.compare(idatas)
