@@ -160,7 +160,7 @@ def write_doc(doc, model, table, check, loo, html, png) -> None:
         "",
         "| metric | value |",
         "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in check.summary.items()],
+        *[f"| {k} | {v:.4g} |" if k != "n" else f"| n | {v} |" for k, v in check.summary.items()],
         "",
         check.coverage.to_markdown(index=False, floatfmt=".3f"),
         "",
