@@ -20,6 +20,7 @@ from scipy.stats import norm
 
 from . import idata as idata_mod
 from . import persistence
+from . import recommend as recommend_mod
 from ._version import __version__
 from .data import Categorical, Encoded, FeatureSpec, FittedEncoder
 from .diagnostics import diagnose, probe_labels, probe_table, warn_if_failed
@@ -302,6 +303,7 @@ class BayesianFM:
             )
         # fill a copy, so that a failure below leaves a previously fitted state intact
         fitted = copy.copy(self)
+        fitted.__dict__.pop("_seen_cache", None)
         fitted.encoder_ = encoder
         fitted.spec_ = spec
         fitted.inference_ = cfg
@@ -421,6 +423,15 @@ class BayesianFM:
         cls = np.minimum((np.cumsum(probs, -1) < u).sum(-1), len(self.classes_) - 1)
         return self.classes_[cls].astype(np.float32)
 
+    def _predictive_quantiles(self, eta: np.ndarray, rng: np.random.Generator, q) -> np.ndarray:
+        """Quantiles ``q`` of the observation-level draws, per row.
+
+        Discrete outcomes (binary, ordinal) take the inverted-CDF quantile, so that interval
+        ends are labels and not interpolations between them.
+        """
+        method = "linear" if self.task == "regression" else "inverted_cdf"
+        return np.quantile(self._predictive_draws(eta, rng), q, 0, method=method)
+
     def _expected(self, eta: np.ndarray) -> np.ndarray:
         """E[y | draw] for each draw and row."""
         engine = self._engine()
@@ -469,7 +480,7 @@ class BayesianFM:
         q = [(1 - prob) / 2, (1 + prob) / 2]
         for start, stop, eta, rng in self._chunks(X):
             mean[start:stop] = self._expected(eta).mean(0)
-            lo[start:stop], hi[start:stop] = np.quantile(self._predictive_draws(eta, rng), q, 0)
+            lo[start:stop], hi[start:stop] = self._predictive_quantiles(eta, rng, q)
         return pd.DataFrame({"mean": mean, "lower": lo, "upper": hi}, index=X.index)
 
     def predict_posterior(self, X: pd.DataFrame, latent: bool = False) -> xr.DataArray:
@@ -544,6 +555,106 @@ class BayesianFM:
             m = lp.max(0)
             total += float(np.sum(m + np.log(np.exp(lp - m).mean(0))))
         return total / len(X)
+
+    # ------------------------------------------------------------------ recommendations
+    def _seen_pairs(self, user_dim: str, item_dim: str) -> np.ndarray:
+        """Sorted keys ``user_index * n_items + item_index`` of the training pairs."""
+        cache = self.__dict__.setdefault("_seen_cache", {})
+        if (user_dim, item_dim) not in cache:
+            const = self.idata_.constant_data
+            n_items = len(self.encoder_.levels[item_dim])
+            keys = const[f"{user_dim}_index"].to_numpy().astype(np.int64) * n_items
+            keys += const[f"{item_dim}_index"].to_numpy().astype(np.int64)
+            cache[(user_dim, item_dim)] = np.unique(keys)
+        return cache[(user_dim, item_dim)]
+
+    def recommend(
+        self,
+        users: Any,
+        n: int = 10,
+        candidates: Any = None,
+        exclude_seen: bool = True,
+        strategy: str = "mean",
+        *,
+        items: pd.DataFrame | None = None,
+        threshold: float | None = None,
+        quantile: float = 0.9,
+        prob: float = 0.9,
+        interval: str = "latent",
+        seed: int | None = None,
+        user: str | None = None,
+        item: str | None = None,
+    ) -> pd.DataFrame:
+        """Top-``n`` items for each user, ranked by a strategy that uses the posterior.
+
+        Every (user, candidate) pair is scored in vectorized blocks whose size is bounded
+        by the number of posterior draws, so memory does not grow with users x candidates.
+
+        Parameters
+        ----------
+        users : sequence of ids, or pandas.DataFrame
+            The users to recommend for. A DataFrame holds the user column and, for users not
+            seen in training, their side features (the attributes the feature spec gives to
+            the user). Unseen users follow ``cold_start``: their parameters are drawn from
+            the group prior, or a ``ValueError`` is raised.
+        n : int
+            Items per user. Users with fewer eligible candidates get fewer rows.
+        candidates : sequence of item ids, optional
+            The items to rank, in an order that breaks ties. Default: every item seen in
+            training, followed by the new items of ``items``.
+        exclude_seen : bool
+            Drop the (user, item) pairs rated in training.
+        strategy : {"mean", "prob", "ucb", "thompson"}
+            ``"mean"``: posterior predictive mean. ``"prob"``: posterior probability that
+            the rating reaches ``threshold`` (``P(y = 1)`` for the binary task). ``"ucb"``:
+            the ``quantile`` of the posterior of the expected rating ``E[y | theta]``, an
+            optimistic score that favours uncertain items. ``"thompson"``: one posterior
+            draw per user per call, ranked by ``E[y | theta_draw]``; over calls an item comes
+            first as often as the posterior believes it is the best.
+        items : pandas.DataFrame, optional
+            Side features of candidate items not seen in training (the item column plus the
+            item's attributes), so that cold-start items can be recommended. Items seen in
+            training keep their training attributes.
+        threshold : float, optional
+            Rating threshold of ``strategy="prob"`` (required unless the task is binary).
+        quantile : float
+            Upper quantile of ``strategy="ucb"``.
+        prob : float
+            Probability mass of the reported central interval.
+        interval : {"latent", "predictive"}
+            ``"latent"``: credible interval of the expected rating ``E[y | theta]`` (what
+            the model knows about the pair). ``"predictive"``: the posterior predictive
+            interval with observation noise, as in :meth:`predict_interval`.
+        seed : int, optional
+            Seed of the Thompson draws; ``None`` takes fresh entropy, so that repeated calls
+            explore.
+        user, item : str, optional
+            Columns of the user and item ids. Default: ``BayesianMF``'s, or the two entity
+            fields of the feature spec in order.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``<user>, rank, <item>, score, mean, lower, upper``: one row per
+            recommendation, users in the order given, ranks from 1. Ties in ``score`` go to
+            the candidate listed first.
+        """
+        return recommend_mod.recommend(
+            self,
+            users,
+            n=n,
+            candidates=candidates,
+            exclude_seen=exclude_seen,
+            strategy=strategy,
+            items=items,
+            threshold=threshold,
+            quantile=quantile,
+            prob=prob,
+            interval=interval,
+            seed=seed,
+            user=user,
+            item=item,
+        )
 
 
 class BayesianMF(BayesianFM):

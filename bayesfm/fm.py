@@ -29,6 +29,7 @@ __all__ = [
     "TASKS",
     "LINKS",
     "ModelSpec",
+    "entity_components",
     "fm_components",
     "fm_predictor",
     "mf_predictor",
@@ -74,40 +75,66 @@ def _segment(x: jnp.ndarray, unit: jnp.ndarray, n: int) -> jnp.ndarray:
     return jax.ops.segment_sum(x, unit, num_segments=n, indices_are_sorted=True)
 
 
-def fm_components(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+def entity_components(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
+    """Per-entity sums ``{dim: (lin, s, q)}``: own embedding plus the owned features.
+
+    ``lin`` (levels,), ``s`` (levels, rank) and ``q`` (levels,) aggregate the entity's own
+    weight and factor with those of the features it owns (demographics, genres, implicit
+    sets). Row-level terms are not included.
+    """
+    ent = {}
+    for d, _ in structure.entities:
+        v = params[f"v_{d}"]
+        ent[d] = (params[f"w_{d}"], v, jnp.sum(v * v, -1))
+    for t in structure.terms:
+        if t.carrier == ROW:
+            continue
+        lin_t, g, q_t, unit = _term_parts(params, terms[t.dim], t.dim)
+        lin, s, q = ent[t.carrier]
+        n = lin.shape[0]
+        ent[t.carrier] = (
+            lin + _segment(lin_t, unit, n),
+            s + _segment(g, unit, n),
+            q + _segment(q_t, unit, n),
+        )
+    return ent
+
+
+def _term_parts(params: dict[str, jnp.ndarray], td: dict[str, jnp.ndarray], dim: str):
+    """Per-nonzero linear part, factor contribution and squared norm of one term."""
+    index, value = td["index"], td["value"]
+    g = params[f"v_{dim}"][index] * value[:, None]
+    return params[f"w_{dim}"][index] * value, g, jnp.sum(g * g, -1), td["unit"]
+
+
+def fm_components(
+    params: dict[str, jnp.ndarray],
+    data: dict[str, Any],
+    structure: Structure,
+    entities: dict | None = None,
+):
     """Per-row sums of the FM: ``(lin, s, q)`` with ``f = w0 + lin + (|s|^2 - q) / 2``.
 
     ``lin = sum_j x_j w_j``, ``s = sum_j x_j v_j`` (rows, rank) and ``q = sum_j x_j^2 |v_j|^2``.
-    Entity-owned features are aggregated per entity first, then gathered per row.
+    Entity-owned features are aggregated per entity first (or taken from ``entities``, the
+    output of :func:`entity_components`), then gathered per row.
     """
-    ent_lin, ent_s, ent_q = {}, {}, {}
-    for d, _ in structure.entities:
-        v = params[f"v_{d}"]
-        ent_lin[d], ent_s[d], ent_q[d] = params[f"w_{d}"], v, jnp.sum(v * v, -1)
+    ent = entity_components(params, data["terms"], structure) if entities is None else entities
     n_rows = next(iter(data["entity"].values())).shape[0]
-    row_lin = row_s = row_q = 0.0
+    lin = s = q = 0.0
     for t in structure.terms:
-        td = data["terms"][t.dim]
-        unit, index, value = td["unit"], td["index"], td["value"]
-        g = params[f"v_{t.dim}"][index] * value[:, None]
-        lin_t = params[f"w_{t.dim}"][index] * value
-        q_t = jnp.sum(g * g, -1)
-        if t.carrier == ROW:
-            n = n_rows
-            row_lin = row_lin + _segment(lin_t, unit, n)
-            row_s = row_s + _segment(g, unit, n)
-            row_q = row_q + _segment(q_t, unit, n)
-        else:
-            n = ent_lin[t.carrier].shape[0]
-            ent_lin[t.carrier] = ent_lin[t.carrier] + _segment(lin_t, unit, n)
-            ent_s[t.carrier] = ent_s[t.carrier] + _segment(g, unit, n)
-            ent_q[t.carrier] = ent_q[t.carrier] + _segment(q_t, unit, n)
-    lin, s, q = row_lin, row_s, row_q
+        if t.carrier != ROW:
+            continue
+        lin_t, g, q_t, unit = _term_parts(params, data["terms"][t.dim], t.dim)
+        lin = lin + _segment(lin_t, unit, n_rows)
+        s = s + _segment(g, unit, n_rows)
+        q = q + _segment(q_t, unit, n_rows)
     for d, _ in structure.entities:
         idx = data["entity"][d]
-        lin = lin + ent_lin[d][idx]
-        s = s + ent_s[d][idx]
-        q = q + ent_q[d][idx]
+        ent_lin, ent_s, ent_q = ent[d]
+        lin = lin + ent_lin[idx]
+        s = s + ent_s[idx]
+        q = q + ent_q[idx]
     return lin, s, q
 
 

@@ -19,6 +19,7 @@ from scipy.stats import norm, rankdata
 
 from . import idata as idata_mod
 from .data import Categorical
+from .recommend import PairScorer, entity_roles, top_n
 
 if TYPE_CHECKING:  # pragma: no cover
     from .estimators import BayesianFM
@@ -28,11 +29,18 @@ __all__ = [
     "PredictiveCheck",
     "auc",
     "compare",
+    "coverage_at_k",
     "coverage_curve",
     "evaluate",
+    "expected_ndcg",
     "log_loss",
     "loo",
     "mae",
+    "map_at_k",
+    "ndcg_at_k",
+    "precision_at_k",
+    "ranking_metrics",
+    "recall_at_k",
     "reliability_curve",
     "rmse",
 ]
@@ -198,7 +206,7 @@ def evaluate(
         rows = slice(start, stop)
         yy = y[rows]
         mean[rows] = model._expected(eta).mean(0)
-        bounds[:, rows] = np.quantile(model._predictive_draws(eta, rng), qs, 0)
+        bounds[:, rows] = model._predictive_quantiles(eta, rng, qs)
         lp = model._log_density(eta, yy).astype(np.float64)
         lpd[rows] = logsumexp(lp, 0) - np.log(lp.shape[0])
         if task == "regression":
@@ -331,3 +339,264 @@ def compare(models: dict[str, Any]) -> pd.DataFrame:
             "comparison needs fits on the same training rows"
         )
     return idata_mod.compare(idatas)
+
+
+# ------------------------------------------------------------------------- ranking
+def _ids(values: Any) -> np.ndarray:
+    return np.asarray(pd.Series(values, dtype=object).to_numpy(), dtype=object)
+
+
+def _pair_keys(users: Any, items: Any) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([_ids(users), _ids(items)])
+
+
+def _relevant(test: pd.DataFrame, threshold: float, user: str, item: str, rating: str):
+    """Relevant (user, item) pairs of a test table and the number per user."""
+    for col in (user, item, rating):
+        if col not in test.columns:
+            raise ValueError(
+                f"test: missing column {col!r}; the table has {list(test.columns)} (set "
+                "user=, item=, rating= to name the columns)"
+            )
+    rel = test[pd.to_numeric(test[rating], errors="coerce") >= threshold]
+    rel = rel.drop_duplicates(subset=[user, item])
+    counts = rel.groupby(user, sort=False).size()
+    return _pair_keys(rel[user], rel[item]), counts
+
+
+def _discount(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def _ranked_hits(
+    recommendations: pd.DataFrame, test: pd.DataFrame, k: int, threshold: float, user, item, rating
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hits[users, k], n_relevant[users], users)`` for users with a relevant test item."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k: got {k!r}; must be an integer >= 1")
+    for col in (user, item):
+        if col not in recommendations.columns:
+            raise ValueError(
+                f"recommendations: missing column {col!r}; the table has "
+                f"{list(recommendations.columns)}"
+            )
+    pairs, counts = _relevant(test, threshold, user, item, rating)
+    recs = recommendations
+    if "rank" in recs.columns:
+        recs = recs.sort_values([user, "rank"], kind="stable")
+    position = recs.groupby(user, sort=False).cumcount().to_numpy()
+    recs = recs[position < k]
+    position = position[position < k]
+    users = pd.unique(_ids(recs[user]))
+    users = users[pd.Index(counts.index).get_indexer(users) >= 0]
+    row = pd.Index(users).get_indexer(_ids(recs[user]))
+    keep = row >= 0
+    hit = _pair_keys(recs[user], recs[item]).isin(pairs)
+    hits = np.zeros((len(users), k), bool)
+    hits[row[keep], position[keep]] = hit[keep]
+    return hits, counts.reindex(users).to_numpy(np.float64), users
+
+
+def _ranking_from_hits(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-user precision, recall, NDCG and average precision at ``k = hits.shape[-1]``."""
+    k = hits.shape[-1]
+    h = hits.astype(np.float64)
+    disc = _discount(k)
+    ideal_len = np.minimum(n_relevant, k).astype(int)
+    idcg = np.concatenate([[0.0], np.cumsum(disc)])[ideal_len]
+    precision_at = np.cumsum(h, -1) / np.arange(1, k + 1)
+    return {
+        "precision": h.sum(-1) / k,
+        "recall": h.sum(-1) / n_relevant,
+        "ndcg": (h * disc).sum(-1) / idcg,
+        "map": (precision_at * h).sum(-1) / np.minimum(n_relevant, k),
+    }
+
+
+def ranking_metrics(
+    recommendations: pd.DataFrame,
+    test: pd.DataFrame,
+    k: int = 10,
+    threshold: float = 4.0,
+    *,
+    catalogue: Any = None,
+    user: str = "user_id",
+    item: str = "item_id",
+    rating: str = "rating",
+) -> dict[str, float]:
+    """Precision@k, recall@k, NDCG@k and MAP@k of top-k lists against a test table.
+
+    An item is relevant to a user when the test table holds their pair with
+    ``rating >= threshold``; recommended items absent from the test table count as not
+    relevant. Lists are ordered by their ``rank`` column (or their row order), and only the
+    first ``k`` rows per user count. Metrics are averaged over the users that have a list
+    and at least one relevant test item. Relevance is binary, so NDCG's gain is 1 per hit.
+
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank`` (e.g. from
+        :meth:`bayesfm.BayesianFM.recommend`).
+    test : pandas.DataFrame
+        Columns ``user``, ``item`` and ``rating``.
+    catalogue : sequence of item ids or int, optional
+        The catalogue (or its size) for ``coverage``: the share of it that appears in some
+        user's top-k list.
+
+    Returns
+    -------
+    dict
+        ``precision, recall, ndcg, map, n_users`` and ``coverage`` when a catalogue is given.
+    """
+    hits, n_rel, users = _ranked_hits(recommendations, test, k, threshold, user, item, rating)
+    per_user = _ranking_from_hits(hits, n_rel)
+    out = {name: float(v.mean()) if len(users) else float("nan") for name, v in per_user.items()}
+    out["n_users"] = len(users)
+    if catalogue is not None:
+        out["coverage"] = coverage_at_k(recommendations, catalogue, k, user=user, item=item)
+    return out
+
+
+def precision_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
+    """Share of the top-k items that are relevant, averaged over users; see
+    :func:`ranking_metrics` for the conventions."""
+    return ranking_metrics(recommendations, test, k, **kw)["precision"]
+
+
+def recall_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
+    """Share of a user's relevant test items found in the top k; see :func:`ranking_metrics`."""
+    return ranking_metrics(recommendations, test, k, **kw)["recall"]
+
+
+def ndcg_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
+    """Normalized discounted cumulative gain at k; see :func:`ranking_metrics`."""
+    return ranking_metrics(recommendations, test, k, **kw)["ndcg"]
+
+
+def map_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
+    """Mean average precision at k (normalized by ``min(k, relevant)``); see
+    :func:`ranking_metrics`."""
+    return ranking_metrics(recommendations, test, k, **kw)["map"]
+
+
+def coverage_at_k(
+    recommendations: pd.DataFrame,
+    catalogue: Any,
+    k: int = 10,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+) -> float:
+    """Share of the catalogue recommended to at least one user in a top-k list.
+
+    ``catalogue`` is a sequence of item ids or the catalogue size.
+    """
+    if isinstance(catalogue, int | np.integer) and not isinstance(catalogue, bool):
+        size = int(catalogue)
+        allowed = None
+    else:
+        allowed = pd.unique(_ids(list(catalogue)))
+        size = len(allowed)
+    if size < 1:
+        raise ValueError(f"catalogue: got {catalogue!r}; it must hold at least one item")
+    recs = recommendations
+    if "rank" in recs.columns:
+        recs = recs.sort_values([user, "rank"], kind="stable")
+    recs = recs[recs.groupby(user, sort=False).cumcount().to_numpy() < k]
+    shown = pd.unique(_ids(recs[item]))
+    if allowed is not None:
+        shown = shown[pd.Index(allowed).get_indexer(shown) >= 0]
+    return len(shown) / size
+
+
+def expected_ndcg(
+    model: BayesianFM,
+    test: pd.DataFrame,
+    k: int = 10,
+    threshold: float = 4.0,
+    *,
+    n_draws: int = 100,
+    users: Any = None,
+    candidates: Any = None,
+    exclude_seen: bool = True,
+    prob: float = 0.9,
+    seed: int = 0,
+    user: str | None = None,
+    item: str | None = None,
+    rating: str = "rating",
+) -> dict[str, Any]:
+    """The posterior distribution of NDCG@k: how much of the metric the posterior is sure of.
+
+    Each of ``n_draws`` posterior draws ranks every candidate for every user by
+    ``E[y | theta_draw]`` (the list Thompson sampling would show under that draw); each
+    draw's lists are scored by NDCG@k against ``test`` as in :func:`ranking_metrics`. The
+    mean over draws is the expected NDCG under the posterior, and its spread is the
+    uncertainty of the metric that the posterior itself carries. Compare it with the NDCG of
+    the posterior-mean ranking (``recommend(strategy="mean")``).
+
+    Parameters
+    ----------
+    users : sequence of ids, optional
+        Default: the test users with at least one relevant item.
+    n_draws : int
+        Posterior draws used (evenly spaced over all chains and draws).
+
+    Returns
+    -------
+    dict
+        ``mean, sd, lower, upper`` (central ``prob`` interval), ``n_users``, ``n_draws`` and
+        ``values`` (NDCG@k of each draw).
+    """
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int | np.integer) or n_draws < 1:
+        raise ValueError(f"n_draws: got {n_draws!r}; must be an integer >= 1")
+    if not 0 < prob < 1:
+        raise ValueError(f"prob: got {prob!r}; must be a number in (0, 1)")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k: got {k!r}; must be an integer >= 1")
+    model._check_fitted()
+    uf, itf = entity_roles(model, user, item)
+    pairs, counts = _relevant(test, threshold, uf.column, itf.column, rating)
+    if users is None:
+        users = counts.index.tolist()
+    scorer = PairScorer.from_model(model, users, candidates, None, uf.column, itf.column)
+    n_rel = counts.reindex(scorer.user_ids).fillna(0).to_numpy(np.float64)
+    total = scorer.n_draws
+    draws = np.unique(np.linspace(0, total - 1, min(n_draws, total)).round().astype(int))
+    evaluated = np.flatnonzero(n_rel > 0)
+    if len(evaluated) == 0:
+        raise ValueError(
+            f"test: no user has an item with {rating} >= {threshold}; NDCG is undefined"
+        )
+    s = len(draws)
+    kept_score = np.full((s, len(evaluated), k), -np.inf)
+    kept_pos = np.full((s, len(evaluated), k), np.iinfo(np.int64).max, np.int64)
+    user_block, item_block = scorer.blocks(s, len(evaluated))
+    for rows, pos, u_idx, i_idx in scorer.iter_blocks(evaluated, user_block, item_block):
+        rows = np.searchsorted(evaluated, rows)  # positions among the evaluated users
+        score = scorer.expected(scorer.grid(u_idx, i_idx, draws), draws)
+        score = np.asarray(score, np.float64)[:, : len(rows), : len(pos)]
+        if exclude_seen:
+            score[:, scorer.seen_mask(u_idx[: len(rows)], i_idx[: len(pos)])] = -np.inf
+        ks, kp = top_n(
+            kept_score[:, rows].reshape(-1, k),
+            kept_pos[:, rows].reshape(-1, k),
+            score.reshape(-1, len(pos)),
+            pos,
+            k,
+        )
+        kept_score[:, rows], kept_pos[:, rows] = ks.reshape(s, -1, k), kp.reshape(s, -1, k)
+    shown = np.isfinite(kept_score)
+    item_ids = scorer.item_ids[np.where(shown, kept_pos, 0)]
+    user_ids = np.broadcast_to(scorer.user_ids[evaluated][None, :, None], item_ids.shape)
+    hits = _pair_keys(user_ids.ravel(), item_ids.ravel()).isin(pairs).reshape(shown.shape)
+    values = _ranking_from_hits(hits & shown, n_rel[evaluated][None, :])["ndcg"].mean(-1)
+    lower, upper = np.quantile(values, [(1 - prob) / 2, (1 + prob) / 2])
+    return {
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "lower": float(lower),
+        "upper": float(upper),
+        "n_users": len(evaluated),
+        "n_draws": s,
+        "values": values,
+    }

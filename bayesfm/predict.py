@@ -18,12 +18,12 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from .data import ROW, Encoded, _bucket
-from .fm import ModelSpec, ordered_probit_log_probs, predictor
+from .fm import ModelSpec, entity_components, fm_components, ordered_probit_log_probs, predictor
 
 __all__ = ["PredictiveEngine"]
 
 
-def _extend_tables(params: dict, spec: ModelSpec, n_extra: dict[str, int], key: jax.Array):
+def extend_tables(params: dict, spec: ModelSpec, n_extra: dict[str, int], key: jax.Array):
     """Append ``n_extra[g]`` prior-drawn rows to the tables of every group ``g`` (one draw)."""
     out = dict(params)
     for i, g in enumerate(spec.structure.groups):
@@ -47,10 +47,36 @@ def _latent_batch(params, data, offset, key, *, spec: ModelSpec, n_extra_items: 
     keys = jax.random.split(key, next(iter(params.values())).shape[0])
 
     def one(p, k):
-        p = _extend_tables(p, spec, n_extra, k)
+        p = extend_tables(p, spec, n_extra, k)
         return offset + predictor(spec)(p, data, spec.structure)
 
     return jax.vmap(one)(params, keys)
+
+
+@partial(jax.jit, static_argnames=("spec", "n_extra_items"))
+def _entity_batch(params, terms, key, *, spec: ModelSpec, n_extra_items: tuple):
+    """Per-draw entity sums and row-term tables for a batch of draws (see ``_rows_batch``)."""
+    n_extra = dict(n_extra_items)
+    keys = jax.random.split(key, next(iter(params.values())).shape[0])
+    row_groups = [t.dim for t in spec.structure.terms if t.carrier == ROW]
+
+    def one(p, k):
+        p = extend_tables(p, spec, n_extra, k)
+        row_params = {n: p[n] for g in row_groups for n in (f"w_{g}", f"v_{g}")}
+        return entity_components(p, terms, spec.structure), {"w0": p["w0"], **row_params}
+
+    return jax.vmap(one)(params, keys)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _rows_batch(tables, data, offset, *, spec: ModelSpec):
+    """Latent means of one chunk of rows from kept per-draw entity sums."""
+
+    def one(ent, p):
+        lin, s, q = fm_components(p, data, spec.structure, entities=ent)
+        return offset + p["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
+
+    return jax.vmap(one)(*tables)
 
 
 @dataclass
@@ -76,6 +102,9 @@ class PredictiveEngine:
     offset: float
     chunk_size: int = 4096
     draw_batch: int = 128
+    # per-draw entity sums are computed once and kept across row chunks up to this many
+    # floats; aggregating implicit sets or genres again for every chunk dominates otherwise
+    table_floats: int = 1 << 25
 
     def _params_needed(self) -> list[str]:
         names = ["w0"] if "w0" in self.samples else []
@@ -90,7 +119,8 @@ class PredictiveEngine:
             ]
         return names
 
-    def _flat_params(self) -> dict[str, np.ndarray]:
+    def flat_params(self) -> dict[str, np.ndarray]:
+        """Parameter draws with chains and draws flattened into one leading axis (float32)."""
         out = {}
         for k in self._params_needed():
             v = self.samples[k]
@@ -138,29 +168,49 @@ class PredictiveEngine:
 
     def iter_latent(self, enc: Encoded, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(start, stop, latent[(draws, stop - start)])`` chunk by chunk."""
-        params = self._flat_params()
+        params = self.flat_params()
         extra = tuple(sorted((g, _bucket(m, 4)) for g, m in enc.n_unknown.items() if m > 0))
         base_key = jax.random.PRNGKey(seed)
         nd = self.n_draws
         batch = min(self.draw_batch, nd)
+        batches = []
+        for b0 in range(0, nd, batch):
+            b1 = min(b0 + batch, nd)
+            p = {k: v[b0:b1] for k, v in params.items()}
+            if b1 - b0 < batch:  # pad the last batch of draws to keep one program
+                p = {
+                    k: np.concatenate([v, np.repeat(v[-1:], batch - (b1 - b0), 0)])
+                    for k, v in p.items()
+                }
+            # the same (draw, level) gets the same prior draw in every chunk
+            batches.append((b0, b1, p, jax.random.fold_in(base_key, b0)))
+        offset = jnp.float32(self.offset)
+        tables = None
+        if self._keep_tables(enc, extra):
+            terms = jax.tree.map(jnp.asarray, enc.arrays(term_pad=True)["terms"])
+            owned = {t.dim: terms[t.dim] for t in self.spec.structure.terms if t.carrier != ROW}
+            tables = [
+                _entity_batch(p, owned, key, spec=self.spec, n_extra_items=extra)
+                for _, _, p, key in batches
+            ]
         for start, stop, data in self.chunks(enc):
             data = jax.tree.map(jnp.asarray, {k: v for k, v in data.items() if k != "n_rows"})
             block = np.empty((nd, stop - start), np.float32)
-            for b0 in range(0, nd, batch):
-                b1 = min(b0 + batch, nd)
-                p = {k: v[b0:b1] for k, v in params.items()}
-                if b1 - b0 < batch:  # pad the last batch of draws to keep one program
-                    p = {
-                        k: np.concatenate([v, np.repeat(v[-1:], batch - (b1 - b0), 0)])
-                        for k, v in p.items()
-                    }
-                # the same (draw, level) gets the same prior draw in every chunk
-                key = jax.random.fold_in(base_key, b0)
-                eta = _latent_batch(
-                    p, data, jnp.float32(self.offset), key, spec=self.spec, n_extra_items=extra
-                )
+            for j, (b0, b1, p, key) in enumerate(batches):
+                if tables is not None:
+                    eta = _rows_batch(tables[j], data, offset, spec=self.spec)
+                else:
+                    eta = _latent_batch(p, data, offset, key, spec=self.spec, n_extra_items=extra)
                 block[b0:b1] = np.asarray(eta)[: b1 - b0, : stop - start]
             yield start, stop, block
+
+    def _keep_tables(self, enc: Encoded, extra: tuple) -> bool:
+        """Keep per-draw entity sums when they fit and more than one chunk reuses them."""
+        if self.spec.use_mf_path or enc.n_rows <= self.chunk_size:
+            return False
+        extra_levels = dict(extra)
+        levels = sum(n + extra_levels.get(d, 0) for d, n in self.spec.structure.entities)
+        return self.n_draws * levels * (self.spec.rank + 2) <= self.table_floats
 
     # ------------------------------------------------------------------ observation level
     def noise(self) -> np.ndarray:

@@ -1,0 +1,616 @@
+"""The benchmark suite: bayesfm against myFM and Surprise on MovieLens-100K, side by side.
+
+Parts:
+
+- ``accuracy``: every system on the same splits in the same run (ua and u1-u5): RMSE, MAE,
+  mean test log predictive density, 50%/90% interval coverage and width, fit and predict
+  wall time (JAX compilation reported apart), and the ratio of bayesfm's fit time to myFM's
+  measured in the same run on the same split.
+- ``coldstart``: 10% of the items held out entirely (seeded); RMSE and coverage on their
+  ratings for MF (which can only fall back to the prior) against FM with side features.
+- ``scaling``: synthetic ratings, N = 1e4, 1e5, 1e6 (and 1e7 with ``--large``): time per
+  Gibbs sweep and per SVI step, time per 1,000 predictions and peak resident memory, each N
+  in its own process.
+
+Results are merged into ``benchmarks/results/suite.json`` (keyed by part, system and split)
+and ``docs/benchmarks.md`` is regenerated from that file, so no number in it is typed by
+hand. myFM and Surprise come from the ``bench`` extra; a system whose library is missing is
+skipped with a message.
+
+Usage::
+
+    python -m benchmarks.suite --all              # every part at full size (hours on 2 cores)
+    python -m benchmarks.suite --parts accuracy --splits ua u1 --systems bayesfm/mf/gibbs myfm/mf
+    python -m benchmarks.suite --quick            # every part, tiny (< 2 minutes); CI runs it
+    python -m benchmarks.suite --doc-only         # rewrite docs/benchmarks.md from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+from .core_movielens import cpu_model
+from .gibbs_movielens import myfm_design, side_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("accuracy", "coldstart", "scaling")
+SPLITS = ("ua", "u1", "u2", "u3", "u4", "u5")
+SYSTEMS = (
+    "bayesfm/mf/gibbs",
+    "bayesfm/mf/svi",
+    "bayesfm/mf/nuts",
+    "bayesfm/fm/gibbs",
+    "bayesfm/fm/svi",
+    "bayesfm/fm/nuts",
+    "bayesfm/fm_full/svi",
+    "bayesfm/fm_full/nuts",
+    "myfm/mf",
+    "myfm/fm",
+    "surprise/svd",
+    "surprise/svdpp",
+)
+# quick mode: every adapter and code path once (JAX compilation sets its time, not the data)
+QUICK_SYSTEMS = (
+    "bayesfm/mf/gibbs",
+    "bayesfm/mf/svi",
+    "bayesfm/fm_full/svi",
+    "myfm/mf",
+    "myfm/fm",
+    "surprise/svd",
+    "surprise/svdpp",
+)
+# NUTS needs tens of minutes per fit here, so by default it runs on ua only
+NUTS_SPLITS = ("ua",)
+FEATURES = {
+    "mf": "user + item",
+    "fm": "+ age, gender, occupation (per user), genres (per item)",
+    "fm_full": "fm + implicit sets (items each user rated, users who rated each item), "
+    "ordered probit",
+}
+
+
+@dataclass
+class Settings:
+    """Inference settings of one run (full size or quick)."""
+
+    sweeps: int = 200
+    kept: int = 100
+    svi_steps: int = 3000
+    svi_draws: int = 1000
+    nuts_chains: int = 4
+    nuts_warmup: int = 300
+    nuts_samples: int = 300
+    nuts_init_svi: int = 1500
+    rows: int | None = None  # truncate train/test (quick mode)
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(10, 5, 100, 50, 1, 5, 5, 50, rows=1500)
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=os.environ.get("BAYESFM_ML100K"))
+    p.add_argument("--all", action="store_true", help="every part, system and split")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=None)
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=None)
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=None)
+    p.add_argument("--nuts-splits", nargs="+", choices=SPLITS, default=list(NUTS_SPLITS))
+    p.add_argument("--scaling-n", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--large", action="store_true", help="add N = 1e7 to the scaling part")
+    p.add_argument("--quick", action="store_true", help="tiny settings for CI (no doc)")
+    p.add_argument("--doc-only", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    return p.parse_args()
+
+
+# --------------------------------------------------------------------------- data
+def load_split(data_dir: str | None, split: str, rows: int | None):
+    """``(train, test)`` of a MovieLens-100K split, or a synthetic stand-in in quick mode
+    when the data is absent (so that CI on a machine without it still runs every script)."""
+    from bayesfm.datasets import load_movielens_100k
+
+    if data_dir and Path(data_dir, "u.data").exists():
+        train, test = load_movielens_100k(data_dir, split=split)
+    elif rows is not None:
+        train, test = synthetic_movielens(seed=SPLITS.index(split))
+    else:
+        raise SystemExit(f"--data: MovieLens-100K not found at {data_dir!r}")
+    if rows is not None:
+        train, test = train.iloc[:rows].copy(), test.iloc[: max(rows // 5, 50)].copy()
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def synthetic_movielens(seed: int, n: int = 3000):
+    """A MovieLens-shaped synthetic table (quick mode without the data)."""
+    from bayesfm.datasets import make_synthetic
+
+    d = make_synthetic(n_users=80, n_items=60, n_obs=n, rank=2, seed=seed)
+    X = d.X.assign(
+        rating=np.clip(np.round(d.y), 1, 5),
+        gender=np.where(d.X["age"] % 2 == 0, "M", "F"),
+    )
+    cut = int(0.8 * len(X))
+    return X.iloc[:cut], X.iloc[cut:]
+
+
+# ------------------------------------------------------------------------- systems
+def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0):
+    if method == "gibbs":
+        inf = bfm.GibbsConfig(num_warmup=s.sweeps - s.kept, num_samples=s.kept, num_chains=1)
+    elif method == "svi":
+        inf = bfm.SVIConfig(num_steps=s.svi_steps, num_samples=s.svi_draws)
+    else:
+        inf = bfm.NUTSConfig(
+            num_warmup=s.nuts_warmup,
+            num_samples=s.nuts_samples,
+            num_chains=s.nuts_chains,
+            init_svi_steps=s.nuts_init_svi,
+        )
+    common = dict(rank=10, inference=inf, random_state=seed, progress_bar=False)
+    if features == "mf":
+        return bfm.BayesianMF(**common)
+    fields = side_fields(bfm)
+    task = "regression"
+    if features == "fm_full":
+        fields += [
+            bfm.Implicit(owner="user_id", members="item_id"),
+            bfm.Implicit(owner="item_id", members="user_id"),
+        ]
+        task = "ordinal"
+    return bfm.BayesianFM(features=bfm.FeatureSpec(fields), task=task, **common)
+
+
+def run_bayesfm(bfm, system: str, train, test, s: Settings) -> dict:
+    _, features, method = system.split("/")
+    model = bayesfm_model(bfm, features, method, s)
+    y_train = train["rating"].to_numpy(float)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence is the subject of other pages
+        model.fit(train, y_train)
+    fit_s = time.perf_counter() - t0
+    t = model.timings_
+    compile_s = sum(v for k, v in t.items() if k.endswith("compile_s"))
+    # sampling or optimization alone: without compilation, InferenceData and diagnostics
+    sample_s = sum(v for k, v in t.items() if k.endswith("total_s")) - compile_s
+    y = test["rating"].to_numpy(float)
+    t0 = time.perf_counter()
+    iv90 = model.predict_interval(test, 0.9)
+    predict_s = time.perf_counter() - t0
+    iv50 = model.predict_interval(test, 0.5)
+    return {
+        "mean": iv90["mean"].to_numpy(),
+        "intervals": {
+            0.5: (iv50["lower"].to_numpy(), iv50["upper"].to_numpy()),
+            0.9: (iv90["lower"].to_numpy(), iv90["upper"].to_numpy()),
+        },
+        "mlpd": float(model.score(test, y)),
+        "fit_s": fit_s,
+        "compile_s": compile_s,
+        "sample_s": sample_s,
+        "predict_s": predict_s,
+        "draws": model.draws_.num_chains * model.draws_.num_draws,
+    }
+
+
+def run_myfm(system: str, train, test, s: Settings) -> dict:
+    import myfm
+
+    features = system.split("/")[1]
+    x_tr, x_te, shapes = myfm_design(train, test, features)
+    fm = myfm.MyFMRegressor(rank=10, random_seed=0)
+    t0 = time.perf_counter()
+    fm.fit(
+        x_tr,
+        train["rating"].to_numpy(float),
+        n_iter=s.sweeps,
+        n_kept_samples=s.kept,
+        group_shapes=shapes,
+    )
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mean = fm.predict(x_te)
+    predict_s = time.perf_counter() - t0
+    # the predictive distribution from the kept samples and their noise precisions
+    eta = np.stack([sample.predict_score(x_te, []) for sample in fm.predictor_.samples])
+    alpha = fm.get_hyper_trace()["alpha"].to_numpy()[-len(eta) :]
+    sd = 1.0 / np.sqrt(alpha)[:, None]
+    y = test["rating"].to_numpy(float)
+    lpd = logsumexp(norm.logpdf(y[None], eta, sd), axis=0) - np.log(len(eta))
+    rng = np.random.default_rng(0)
+    draws = eta + sd * rng.standard_normal(eta.shape)
+    intervals = {p: tuple(np.quantile(draws, [(1 - p) / 2, (1 + p) / 2], 0)) for p in (0.5, 0.9)}
+    return {
+        "mean": mean,
+        "intervals": intervals,
+        "mlpd": float(lpd.mean()),
+        "fit_s": fit_s,
+        "compile_s": 0.0,
+        "predict_s": predict_s,
+        "draws": len(eta),
+    }
+
+
+def run_surprise(system: str, train, test, s: Settings) -> dict:
+    from surprise import SVD, Dataset, Reader, SVDpp
+
+    algo = {"svd": SVD, "svdpp": SVDpp}[system.split("/")[1]](random_state=0)
+    data = Dataset.load_from_df(
+        train[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))
+    )
+    t0 = time.perf_counter()
+    algo.fit(data.build_full_trainset())
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mean = np.array(
+        [algo.predict(u, i).est for u, i in zip(test.user_id, test.item_id, strict=True)]
+    )
+    predict_s = time.perf_counter() - t0
+    return {"mean": mean, "fit_s": fit_s, "compile_s": 0.0, "predict_s": predict_s}
+
+
+def run_system(bfm, system: str, train, test, s: Settings) -> dict:
+    """Fit one system and score its predictions on ``test``."""
+    import jax
+
+    lib = system.split("/")[0]
+    if lib == "bayesfm":
+        out = run_bayesfm(bfm, system, train, test, s)
+        # free compiled programs: dozens of fits in one process otherwise exhaust the
+        # memory maps the kernel allows (vm.max_map_count)
+        jax.clear_caches()
+    elif lib == "myfm":
+        out = run_myfm(system, train, test, s)
+    else:
+        out = run_surprise(system, train, test, s)
+    y = test["rating"].to_numpy(float)
+    row = {
+        "system": system,
+        "rmse": float(np.sqrt(np.mean((out["mean"] - y) ** 2))),
+        "mae": float(np.mean(np.abs(out["mean"] - y))),
+        "fit_s": out["fit_s"],
+        "compile_s": out["compile_s"],
+        "predict_s": out["predict_s"],
+        "n_train": len(train),
+        "n_test": len(test),
+    }
+    if "sample_s" in out:
+        row["sample_s"] = out["sample_s"]
+    if "mlpd" in out:
+        row["mlpd"] = out["mlpd"]
+        row["draws"] = out["draws"]
+    for p, (lo, hi) in out.get("intervals", {}).items():
+        tag = int(round(100 * p))
+        row[f"cov{tag}"] = float(np.mean((y >= lo) & (y <= hi)))
+        row[f"width{tag}"] = float(np.mean(hi - lo))
+    return row
+
+
+def available(system: str) -> bool:
+    lib = system.split("/")[0]
+    module = {"myfm": "myfm", "surprise": "surprise"}.get(lib)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"skip {system}: {module} is not installed (pip install '.[bench]')", flush=True)
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- parts
+def part_accuracy(bfm, args, s: Settings, results: dict, save) -> None:
+    splits = args.splits or (["ua"] if args.quick else list(SPLITS))
+    default = QUICK_SYSTEMS if args.quick else SYSTEMS
+    systems = [x for x in (args.systems or default) if available(x)]
+    for split in splits:
+        train, test = load_split(args.data, split, s.rows)
+        rows = {}
+        for system in systems:
+            if system.endswith("/nuts") and split not in args.nuts_splits and not args.quick:
+                continue
+            row = run_system(bfm, system, train, test, s)
+            row["split"] = split
+            rows[system] = row
+        # ratio to myFM with the same features, measured in this run on this split
+        for system, row in rows.items():
+            if system.startswith("bayesfm/"):
+                feats = system.split("/")[1]
+                ref = rows.get(f"myfm/{'mf' if feats == 'mf' else 'fm'}")
+                if ref is not None:
+                    row["myfm_fit_s"] = ref["fit_s"]
+                    row["ratio_excl_compile"] = (row["fit_s"] - row["compile_s"]) / ref["fit_s"]
+                    row["ratio_incl_compile"] = row["fit_s"] / ref["fit_s"]
+                    row["ratio_sampling"] = row["sample_s"] / ref["fit_s"]
+            save(f"accuracy/{system}/{split}", row)
+
+
+def cold_start_split(all_ratings: pd.DataFrame, share: float = 0.1, seed: int = 0):
+    """Hold out ``share`` of the items entirely: every rating of them goes to the test set."""
+    items = np.sort(all_ratings["item_id"].unique())
+    rng = np.random.default_rng(seed)
+    cold = rng.choice(items, int(round(share * len(items))), replace=False)
+    is_cold = all_ratings["item_id"].isin(cold)
+    return all_ratings[~is_cold].reset_index(drop=True), all_ratings[is_cold].reset_index(drop=True)
+
+
+def part_coldstart(bfm, args, s: Settings, results: dict, save) -> None:
+    from bayesfm.datasets import load_movielens_100k
+
+    if args.data and Path(args.data, "u.data").exists():
+        ratings = load_movielens_100k(args.data, split=None)
+    else:
+        ratings = pd.concat(synthetic_movielens(seed=0), ignore_index=True)
+    if s.rows is not None:
+        ratings = ratings.iloc[: 2 * s.rows]
+    train, test = cold_start_split(ratings)
+    y = test["rating"].to_numpy(float)
+    user_mean = train.groupby("user_id")["rating"].mean()
+    base = test["user_id"].map(user_mean).fillna(train["rating"].mean()).to_numpy()
+    save(
+        "coldstart/user-mean",
+        {
+            "system": "user-mean baseline",
+            "rmse": float(np.sqrt(np.mean((base - y) ** 2))),
+            "n_test": len(test),
+            "n_items": int(test["item_id"].nunique()),
+        },
+    )
+    systems = ("bayesfm/mf/gibbs", "bayesfm/fm/gibbs", "myfm/mf", "myfm/fm")
+    for system in systems[::2] if args.quick else systems:
+        if available(system):
+            row = run_system(bfm, system, train, test, s)
+            row["n_items"] = int(test["item_id"].nunique())
+            save(f"coldstart/{system}", row)
+
+
+SCALING_SCRIPT = """
+import json, sys, time, warnings
+import numpy as np, pandas as pd, bayesfm as bfm
+n, method, steps = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+n_users, n_items = max(100, n // 100), max(50, n // 200)
+X = pd.DataFrame({"user_id": rng.integers(0, n_users, n), "item_id": rng.integers(0, n_items, n)})
+y = 3.5 + rng.normal(0, 1, n)
+if method == "gibbs":
+    inf = bfm.GibbsConfig(num_warmup=1, num_samples=steps, num_chains=1)
+else:
+    inf = bfm.SVIConfig(num_steps=steps, num_samples=20)
+model = bfm.BayesianMF(rank=10, inference=inf, progress_bar=False, store_pointwise=False)
+t0 = time.perf_counter()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model.fit(X, y)
+fit = time.perf_counter() - t0
+t = model.timings_
+compile_s = sum(v for k, v in t.items() if k.endswith("compile_s"))
+run_s = sum(v for k, v in t.items() if k.endswith("total_s")) - compile_s
+rows = X.iloc[: min(n, 100_000)]
+model.predict(rows.iloc[:1000])  # compile
+t0 = time.perf_counter()
+model.predict(rows)
+pred = (time.perf_counter() - t0) / len(rows) * 1000
+# VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a child would report the
+# parent's peak
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
+peak = int(hwm.split()[1]) / 1024
+print(json.dumps({"n": n, "method": method, "steps": steps, "fit_s": fit,
+                  "compile_s": compile_s, "per_step_s": run_s / steps,
+                  "predict_per_1000_s": pred, "draws": steps if method == "gibbs" else 20,
+                  "peak_rss_mib": peak}))
+"""
+
+
+def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
+    sizes = [10_000] if args.quick else list(args.scaling_n) + ([10_000_000] if args.large else [])
+    for n in sizes:
+        for method in ("gibbs", "svi"):
+            steps = 2 if args.quick else (20 if method == "gibbs" else 50)
+            done = subprocess.run(
+                [sys.executable, "-c", SCALING_SCRIPT, str(n), method, str(steps)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                print(done.stderr[-3000:], flush=True)
+                raise SystemExit(f"scaling run n={n} method={method} failed")
+            save(f"scaling/{method}/{n}", json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# ------------------------------------------------------------------------------ doc
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def write_doc(results: dict, doc: Path) -> None:
+    """``docs/benchmarks.md`` from the JSON results (nothing typed by hand)."""
+    import jax
+
+    import bayesfm
+
+    versions = []
+    for lib in ("myfm", "surprise"):
+        try:
+            versions.append(f"{lib} {__import__(lib).__version__}")
+        except (ImportError, AttributeError):
+            versions.append(f"{lib} not installed")
+    acc = {k: v for k, v in results.items() if k.startswith("accuracy/")}
+    lines = [
+        "# Benchmarks: bayesfm against myFM and Surprise on MovieLens-100K",
+        "",
+        "Generated by `python -m benchmarks.suite`; do not edit by hand.",
+        "",
+        f"- date: {date.today().isoformat()}; machine: {cpu_model()}, {os.cpu_count()} cores, "
+        f"JAX backend {jax.default_backend()} (no GPU column: no GPU was used)",
+        f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}, {', '.join(versions)}",
+        "- rank 10 for every factorization model. Features: "
+        + "; ".join(f"`{k}` = {v}" for k, v in FEATURES.items()),
+        "- settings: Gibbs (bayesfm and myFM) 200 sweeps, the last 100 kept, one chain; SVI 3000",
+        "  steps, mean-field, 1000 draws; NUTS 4 chains x (300 warmup + 300 draws) after a",
+        "  1500-step SVI initialization (ua only: tens of minutes per fit on this machine).",
+        "  `fm_full` uses the ordered probit, which the Gibbs sampler does not support yet.",
+        "- LPD = mean test log predictive density (higher is better); coverage of central",
+        "  predictive intervals; Surprise gives point predictions only. myFM's predictive",
+        "  distribution is built from its kept samples and noise precisions.",
+        "- `fm_full` predicts star classes: its RMSE is of E[class], and its intervals are sets",
+        "  of whole stars, so their coverage exceeds the nominal level by construction.",
+        "- one Gibbs chain with 100 kept sweeps explores less of the posterior than the 4-chain",
+        "  runs of [benchmarks_gibbs.md](benchmarks_gibbs.md), and its intervals are narrower.",
+        "- ratio = bayesfm fit time / myFM fit time with the same features, same run, same",
+        "  split (< 1: bayesfm faster). `incl.`: the whole `fit`; `excl.`: without JAX",
+        "  compilation but with building InferenceData (pointwise log-likelihood, posterior",
+        "  predictive) and the convergence checks, which myFM does not do; `sampling`: the",
+        "  sampler or optimizer alone (recorded from this version of the script on).",
+        "",
+        "## Accuracy and calibration, split ua",
+        "",
+        "| system | RMSE | MAE | LPD | cov 50% | cov 90% | width 90% | fit s | compile s "
+        "| predict s | ratio sampling | ratio excl. | ratio incl. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in SYSTEMS:
+        r = acc.get(f"accuracy/{system}/ua")
+        if r is None:
+            continue
+        lines.append(
+            f"| {system} | {r['rmse']:.4f} | {r['mae']:.4f} | {_fmt(r.get('mlpd'), '.4f')} "
+            f"| {_fmt(r.get('cov50'), '.3f')} | {_fmt(r.get('cov90'), '.3f')} "
+            f"| {_fmt(r.get('width90'), '.3f')} | {r['fit_s']:.1f} | {r['compile_s']:.1f} "
+            f"| {r['predict_s']:.2f} | {_fmt(r.get('ratio_sampling'), '.2f')} "
+            f"| {_fmt(r.get('ratio_excl_compile'), '.2f')} "
+            f"| {_fmt(r.get('ratio_incl_compile'), '.2f')} |"
+        )
+    missing = [x for x in SYSTEMS if f"accuracy/{x}/ua" not in acc]
+    if missing:
+        lines += ["", f"Not in the results file yet (no run recorded): {', '.join(missing)}."]
+    lines += [
+        "",
+        "## Five folds u1-u5: mean (sd) over folds",
+        "",
+        "| system | folds | RMSE | MAE | LPD | cov 90% | width 90% | fit s | ratio excl. |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in SYSTEMS:
+        rows = [acc[k] for k in (f"accuracy/{system}/u{i}" for i in range(1, 6)) if k in acc]
+        if not rows:
+            continue
+
+        def ms(key: str, spec: str, rows=rows) -> str:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if not vals:
+                return "-"
+            sd = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
+            return f"{format(np.mean(vals), spec)} ({format(sd, spec)})"
+
+        lines.append(
+            f"| {system} | {len(rows)} | {ms('rmse', '.4f')} | {ms('mae', '.4f')} "
+            f"| {ms('mlpd', '.4f')} | {ms('cov90', '.3f')} | {ms('width90', '.3f')} "
+            f"| {ms('fit_s', '.1f')} | {ms('ratio_excl_compile', '.2f')} |"
+        )
+    cold = {k: v for k, v in results.items() if k.startswith("coldstart/")}
+    if cold:
+        any_row = next(iter(cold.values()))
+        lines += [
+            "",
+            "## Cold start: 10% of the items held out entirely",
+            "",
+            f"Every rating of {any_row['n_items']} randomly chosen items (seed 0) is held out "
+            f"({any_row['n_test']} ratings); the models never see those items. MF can only",
+            "fall back to the prior (bayesfm) or to the user bias (myFM); FM also knows the",
+            "items' genres. Gibbs, 200 sweeps, 100 kept.",
+            "",
+            "| system | RMSE | LPD | cov 90% | width 90% | fit s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key in sorted(cold):
+            r = cold[key]
+            lines.append(
+                f"| {r['system']} | {r['rmse']:.4f} | {_fmt(r.get('mlpd'), '.4f')} "
+                f"| {_fmt(r.get('cov90'), '.3f')} | {_fmt(r.get('width90'), '.3f')} "
+                f"| {_fmt(r.get('fit_s'), '.1f')} |"
+            )
+    scale = {k: v for k, v in results.items() if k.startswith("scaling/")}
+    if scale:
+        lines += [
+            "",
+            "## Scaling on synthetic ratings (MF, rank 10)",
+            "",
+            "N ratings, N/100 users, N/200 items; each N in its own process. Per step = wall",
+            "time of one Gibbs sweep or one full-batch SVI step after compilation; predict =",
+            "posterior predictive mean of up to 100,000 rows, per 1,000 rows (Gibbs: 20 draws",
+            "kept; SVI: 20 draws); peak RSS of the whole process.",
+            "",
+            "| N | method | per step s | per step / N (us) | predict s per 1,000 | compile s "
+            "| peak RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key in sorted(scale, key=lambda k: (scale[k]["method"], scale[k]["n"])):
+            r = scale[key]
+            lines.append(
+                f"| {r['n']:,} | {r['method']} | {r['per_step_s']:.4f} "
+                f"| {1e6 * r['per_step_s'] / r['n']:.3f} | {r['predict_per_1000_s']:.4f} "
+                f"| {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} |"
+            )
+    lines += [
+        "",
+        "Other pages: [recommendations](recommendations.md) (top-N strategies),",
+        "[NUTS diagnostics on MovieLens](diagnostics_movielens.md), the 4-chain convergence",
+        "studies of [NUTS and SVI](benchmarks_core.md) and [Gibbs](benchmarks_gibbs.md).",
+    ]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc}")
+
+
+def main() -> None:
+    args = _args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and not args.quick else {}
+    if args.doc_only:
+        write_doc(results, Path(args.doc))
+        return
+    if args.data is None:
+        default = ROOT.parent / "shared" / "data" / "ml-100k"
+        args.data = str(default) if default.exists() else None
+    import bayesfm as bfm
+
+    s = Settings.quick() if args.quick else Settings()
+    parts = list(PARTS) if (args.all or args.quick or not args.parts) else args.parts
+
+    def save(key: str, row: dict) -> None:
+        results[key] = row
+        print(json.dumps({key: row}), flush=True)
+        if not args.quick:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+
+    t0 = time.perf_counter()
+    for part in parts:
+        {"accuracy": part_accuracy, "coldstart": part_coldstart, "scaling": part_scaling}[part](
+            bfm, args, s, results, save
+        )
+    print(f"suite done in {time.perf_counter() - t0:.0f} s", flush=True)
+    # quick mode checks the doc writer too, on a scratch file
+    write_doc(results, Path(tempfile.mkdtemp()) / "benchmarks.md" if args.quick else Path(args.doc))
+
+
+if __name__ == "__main__":
+    main()
