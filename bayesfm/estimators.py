@@ -19,10 +19,10 @@ from jax.flatten_util import ravel_pytree
 from scipy.stats import norm
 
 from . import idata as idata_mod
-from . import persistence
+from . import persistence, sharding
 from . import recommend as recommend_mod
 from ._version import __version__
-from .data import Categorical, Encoded, FeatureSpec, FittedEncoder
+from .data import ROW, Categorical, Encoded, FeatureSpec, FittedEncoder
 from .diagnostics import diagnose, probe_labels, probe_table, warn_if_failed
 from .fm import LINKS, TASKS, ModelSpec, constrain, fm_model, initial_values
 from .gibbs import FMGibbs, gibbs_plan
@@ -40,12 +40,15 @@ from .inference import (
     run_svi,
     to_jax,
 )
+from .minibatch import RowBatches, run_minibatch_svi
 from .predict import PredictiveEngine
 from .priors import PriorConfig
 
 __all__ = ["BayesianFM", "BayesianMF", "NotFittedError"]
 
 COLD_START = ("prior", "error")
+# above this, fit refuses store_pointwise=True up front instead of running out of memory late
+POINTWISE_LIMIT_BYTES = 4 * 2**30
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -86,6 +89,10 @@ class BayesianFM:
     store_pointwise : bool
         Store the pointwise ``log_likelihood`` and ``posterior_predictive`` of every training
         row (``draws x rows`` each), needed for LOO and the posterior predictive check.
+    data_devices : int, "all" or None
+        Split the training rows over this many devices (data parallelism through
+        ``jax.sharding``; see :mod:`bayesfm.sharding`). ``None`` keeps them on one device.
+        Applies to NUTS, Gibbs and full-batch SVI; chains then run vectorized or in sequence.
 
     Examples
     --------
@@ -111,6 +118,7 @@ class BayesianFM:
         progress_bar: bool | None = None,
         store_factors: bool = True,
         store_pointwise: bool = True,
+        data_devices: int | str | None = None,
     ) -> None:
         self.rank = rank
         self.features = features
@@ -124,6 +132,7 @@ class BayesianFM:
         self.progress_bar = progress_bar
         self.store_factors = store_factors
         self.store_pointwise = store_pointwise
+        self.data_devices = data_devices
 
     # ------------------------------------------------------------------ sklearn protocol
     @classmethod
@@ -270,36 +279,28 @@ class BayesianFM:
                 f"inference: the Gibbs sampler supports task='regression' so far; got "
                 f"task={self.task!r}. Use inference='nuts' or 'svi' for this task"
             )
-        arrays = encoded.arrays()
-        if isinstance(cfg, GibbsConfig):
-            arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
-        data = to_jax(arrays)
-        args = (data, jnp.float32(offset), jnp.asarray(y_model))
+        self._check_pointwise_size(cfg, len(X))
+        n_dev = self._check_devices(cfg)
         key = jax.random.PRNGKey(self.random_state)
-        if isinstance(cfg, SVIConfig):
-            draws = run_svi(
-                partial(fm_model, spec=spec),
-                args,
+        init_values = initial_values(spec, jax.random.fold_in(key, 1))
+        if isinstance(cfg, SVIConfig) and cfg.minibatch:
+            # rows stay on the host; only batches and entity-owned features reach the device
+            owned = {t.dim for t in spec.structure.terms if t.carrier != ROW}
+            terms = encoded.arrays(term_pad=True)["terms"]
+            draws = run_minibatch_svi(
+                spec,
+                RowBatches.from_encoded(encoded, spec, y_model),
+                {d: a for d, a in terms.items() if d in owned},
+                offset,
                 cfg,
                 key,
                 partial(complete_samples, spec, unconstrained=True),
-                initial_values(spec, jax.random.fold_in(key, 1)),
+                init_values,
+                seed=self.random_state,
             )
-        elif isinstance(cfg, GibbsConfig):
-            draws = run_gibbs(FMGibbs(spec), args, cfg, key)
         else:
-            nuts_spec = replace(spec, prior=replace(prior, parametrization=cfg.parametrization))
-            init = None
-            if cfg.init_svi_steps > 0:
-                init = partial(_svi_init, spec=spec, nuts_spec=nuts_spec, args=args, cfg=cfg)
-            draws = run_nuts(
-                partial(fm_model, spec=nuts_spec),
-                args,
-                cfg,
-                key,
-                partial(complete_samples, nuts_spec),
-                initial_values(nuts_spec, jax.random.fold_in(key, 1)),
-                init,
+            draws = self._run_full_batch(
+                spec, encoded, offset, y_model, cfg, key, init_values, n_dev
             )
         # fill a copy, so that a failure below leaves a previously fitted state intact
         fitted = copy.copy(self)
@@ -321,6 +322,71 @@ class BayesianFM:
         if diagnostics is not None:
             warn_if_failed(diagnostics, draws.method)
         return self
+
+    def _run_full_batch(self, spec, encoded, offset, y_model, cfg, key, init_values, n_dev):
+        """NUTS, Gibbs or full-batch SVI on the whole encoded table (held on the device(s))."""
+        arrays, mesh = encoded.arrays(), None
+        if n_dev > 1:
+            arrays, y_model = sharding.pad_rows(arrays, y_model, n_dev)
+            mesh = sharding.row_mesh(n_dev)
+        if isinstance(cfg, GibbsConfig):
+            arrays["gibbs"] = gibbs_plan(arrays, spec.structure, n_shards=n_dev)
+        data, y = to_jax(arrays), jnp.asarray(y_model)
+        if mesh is not None:
+            data = sharding.place(data, mesh, sharding.is_training_row_array)
+            y = sharding.place(y, mesh, lambda keys: True)
+        args = (data, jnp.float32(offset), y)
+        if mesh is not None and isinstance(cfg, NUTSConfig) and cfg.chain_method == "auto":
+            # the devices hold the rows: chains go in one vectorized program or in sequence
+            cpu = jax.default_backend() == "cpu"
+            cfg = replace(cfg, chain_method="sequential" if cpu else "vectorized")
+        if isinstance(cfg, SVIConfig):
+            post = partial(complete_samples, spec, unconstrained=True)
+            return run_svi(partial(fm_model, spec=spec), args, cfg, key, post, init_values)
+        if isinstance(cfg, GibbsConfig):
+            return run_gibbs(FMGibbs(spec, mesh), args, cfg, key)
+        nuts_spec = replace(spec, prior=replace(spec.prior, parametrization=cfg.parametrization))
+        init = None
+        if cfg.init_svi_steps > 0:
+            init = partial(_svi_init, spec=spec, nuts_spec=nuts_spec, args=args, cfg=cfg)
+        return run_nuts(
+            partial(fm_model, spec=nuts_spec),
+            args,
+            cfg,
+            key,
+            partial(complete_samples, nuts_spec),
+            initial_values(nuts_spec, jax.random.fold_in(key, 1)),
+            init,
+        )
+
+    def _check_devices(self, cfg) -> int:
+        """Devices the rows are split over; refuses combinations that cannot share them."""
+        n_dev = sharding.resolve_devices(self.data_devices)
+        if n_dev > 1 and isinstance(cfg, SVIConfig) and cfg.minibatch:
+            raise ValueError(
+                f"data_devices: got {self.data_devices!r} with minibatch SVI (batch_size="
+                f"{cfg.batch_size}, holdout={cfg.holdout}); minibatch SVI runs on one device"
+            )
+        if n_dev > 1 and getattr(cfg, "chain_method", None) == "parallel":
+            raise ValueError(
+                f"data_devices: got {self.data_devices!r} with chain_method='parallel'; the "
+                "devices hold the rows, so run the chains 'vectorized' or 'sequential'"
+            )
+        return n_dev
+
+    def _check_pointwise_size(self, cfg, n_rows: int) -> None:
+        """Refuse, before any work, pointwise groups that would not fit in memory."""
+        if not self.store_pointwise:
+            return
+        chains = getattr(cfg, "num_chains", 1)
+        floats = 2 * chains * cfg.num_samples * n_rows  # log-likelihood + posterior predictive
+        if floats * 4 > POINTWISE_LIMIT_BYTES:
+            raise ValueError(
+                f"store_pointwise: got True, but the pointwise log-likelihood and posterior "
+                f"predictive of {n_rows:,} rows x {chains * cfg.num_samples:,} draws would take "
+                f"{floats * 4 / 2**30:.1f} GiB (limit {POINTWISE_LIMIT_BYTES / 2**30:.0f} GiB); "
+                "pass store_pointwise=False, or fewer draws"
+            )
 
     def _inference_data(self, X: pd.DataFrame, y: np.ndarray, encoded: Encoded):
         """InferenceData with posterior (plus probe predictions) and the per-row groups."""
@@ -693,6 +759,7 @@ class BayesianMF(BayesianFM):
         progress_bar: bool | None = None,
         store_factors: bool = True,
         store_pointwise: bool = True,
+        data_devices: int | str | None = None,
     ) -> None:
         self.user = user
         self.item = item
@@ -709,6 +776,7 @@ class BayesianMF(BayesianFM):
             progress_bar=progress_bar,
             store_factors=store_factors,
             store_pointwise=store_pointwise,
+            data_devices=data_devices,
         )
 
     @property

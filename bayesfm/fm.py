@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import ndtr
+from numpyro import handlers
 from numpyro.distributions.transforms import OrderedTransform
 
 from .data import ROW, Structure
@@ -275,5 +276,7 @@ def fm_model(data: dict[str, Any], offset: jnp.ndarray, y: jnp.ndarray | None, *
         params[f"w_{group}"], params[f"v_{group}"] = w, v
     eta = offset + predictor(spec)(params, data, spec.structure)
     n = eta.shape[0]
-    with numpyro.plate("obs", n, dim=-1):
+    # rows padded for an even split over devices carry row_mask = 0
+    keep = data["row_mask"] > 0 if "row_mask" in data else True
+    with numpyro.plate("obs", n, dim=-1), handlers.mask(mask=keep):
         numpyro.sample("y", likelihood(spec, eta, params), obs=y)

@@ -35,11 +35,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from numpyro.infer.mcmc import MCMCKernel
 
 from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import cholesky, solve_lower, solve_lower_transpose
+from .sharding import DATA_AXIS
 
 __all__ = [
     "FMGibbs",
@@ -67,37 +69,55 @@ class GibbsState(NamedTuple):
 
 
 # --------------------------------------------------------------------------- host-side plan
-def _level_blocks(index: np.ndarray, n_levels: int, pad: int) -> list[dict[str, np.ndarray]]:
+def _level_blocks(
+    index: np.ndarray, n_levels: int, valid: np.ndarray, n_shards: int = 1
+) -> list[dict[str, np.ndarray]]:
     """Rows of each level as padded blocks, grouped by power-of-two block size.
 
-    Returns one dict per size with ``levels`` (levels in the bucket) and ``rows``
-    (levels x size, padded with ``pad``, an index that points at a zero row).
+    The rows are split into ``n_shards`` equal contiguous parts (one per device). Returns one
+    dict per size with ``levels`` (levels in the bucket) and ``rows`` (shards x levels x
+    size): each shard's *local* row positions of the level, padded with the local length,
+    an index that points at an appended zero row. A level gets the same block size on every
+    shard (from its largest per-shard count), so all shards share one shape. Rows with
+    ``valid`` False (padding) are left out.
     """
-    counts = np.bincount(index, minlength=n_levels)
-    order = np.argsort(index, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    sizes = np.array([_bucket(int(c), minimum=4) for c in counts])
+    local_n = len(index) // n_shards
+    parts = []
+    for s in range(n_shards):
+        sl = slice(s * local_n, (s + 1) * local_n)
+        pos = np.flatnonzero(valid[sl])
+        idx = index[sl][pos]
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=n_levels)
+        parts.append((pos[order], counts, np.concatenate([[0], np.cumsum(counts)])))
+    most = np.max([c for _, c, _ in parts], axis=0)
+    sizes = np.array([_bucket(int(c), minimum=4) for c in most])
     blocks = []
     for size in np.unique(sizes):
         levels = np.flatnonzero(sizes == size)
-        rows = np.full((len(levels), size), pad, np.int32)
-        for i, lev in enumerate(levels):
-            rows[i, : counts[lev]] = order[starts[lev] : starts[lev + 1]]
+        rows = np.full((n_shards, len(levels), size), local_n, np.int32)
+        for s, (sorted_pos, counts, starts) in enumerate(parts):
+            for i, lev in enumerate(levels):
+                rows[s, i, : counts[lev]] = sorted_pos[starts[lev] : starts[lev + 1]]
         blocks.append({"levels": levels.astype(np.int32), "rows": rows})
     return blocks
 
 
-def gibbs_plan(data: dict[str, Any], structure: Structure) -> dict[str, Any]:
+def gibbs_plan(data: dict[str, Any], structure: Structure, n_shards: int = 1) -> dict[str, Any]:
     """Index arrays the sweep needs, computed once on the host from the encoded training data.
 
-    ``entity[d]``: per-level row blocks of entity ``d``. ``terms[t]``: for each level of term
-    ``t``, the positions of its entries in the term's COO arrays, padded with the position of
-    an appended zero entry (a zero value contributes nothing to any sum).
+    ``entity[d]``: per-level row blocks of entity ``d``, per shard of rows (``n_shards``
+    devices; see :mod:`bayesfm.sharding`). ``terms[t]``: for each level of term ``t``, the
+    positions of its entries in the term's COO arrays, padded with the position of an
+    appended zero entry (a zero value contributes nothing to any sum).
     """
     entity = {}
     for d, n in structure.entities:
         idx = np.asarray(data["entity"][d])
-        entity[d] = _level_blocks(idx, n, pad=len(idx))
+        if len(idx) % n_shards:
+            raise ValueError(f"n_shards: {n_shards} does not divide the {len(idx)} rows")
+        valid = np.asarray(data["row_mask"]) > 0 if "row_mask" in data else np.ones(len(idx), bool)
+        entity[d] = _level_blocks(idx, n, valid, n_shards)
     terms = {}
     for t in structure.terms:
         index = np.asarray(data["terms"][t.dim]["index"])
@@ -159,18 +179,39 @@ def _block_prior(params: dict, group: str) -> tuple[jnp.ndarray, jnp.ndarray]:
     return prec, mean
 
 
-def _gram(blocks: list[dict], z: jnp.ndarray, t: jnp.ndarray, n_levels: int):
-    """Per-level ``sum_n z_n z_n^T`` and ``sum_n z_n t_n`` over the rows of each level."""
+def _gram(blocks: list[dict], z: jnp.ndarray, t: jnp.ndarray, n_levels: int, mesh=None):
+    """Per-level ``sum_n z_n z_n^T`` and ``sum_n z_n t_n`` over the rows of each level.
+
+    With a ``mesh``, each device sums its own rows (``shard_map``) and ``psum`` adds them.
+    """
+    levels = [b["levels"] for b in blocks]
+    rows = [b["rows"] for b in blocks]
+    if mesh is None:
+        return _local_gram(z, t, levels, [r[0] for r in rows], n_levels)
+
+    def per_device(z, t, levels, rows):
+        gram, shift = _local_gram(z, t, levels, [r[0] for r in rows], n_levels)
+        return jax.lax.psum(gram, DATA_AXIS), jax.lax.psum(shift, DATA_AXIS)
+
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(DATA_AXIS), P(DATA_AXIS), P(), P(DATA_AXIS)),
+        out_specs=(P(), P()),
+    )(z, t, levels, rows)
+
+
+def _local_gram(z, t, levels, rows, n_levels: int):
+    """:func:`_gram` over one device's rows; ``rows`` index ``z`` with ``len(z)`` as padding."""
     z_pad = jnp.concatenate([z, jnp.zeros((1, z.shape[1]), z.dtype)])
     t_pad = jnp.concatenate([t, jnp.zeros((1,), t.dtype)])
-    grams, shifts, levels = [], [], []
-    for block in blocks:
-        zb, tb = z_pad[block["rows"]], t_pad[block["rows"]]
+    grams, shifts = [], []
+    for r in rows:
+        zb, tb = z_pad[r], t_pad[r]
         # broadcast-and-reduce (a loop fusion), not a dot: threaded Eigen dots inside
         # MCMC's while loop deadlocked XLA:CPU here
         grams.append(jnp.sum(zb[..., :, None] * zb[..., None, :], axis=1))
         shifts.append(jnp.sum(zb * tb[..., None], axis=1))
-        levels.append(block["levels"])
     lev = jnp.concatenate(levels)
     d = z.shape[1]
     gram = jnp.zeros((n_levels, d, d), z.dtype).at[lev].set(jnp.concatenate(grams))
@@ -184,7 +225,7 @@ def _residual(params, data, offset, y, structure):
     return y - f, lin, s, q
 
 
-def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int):
+def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, mesh=None):
     """Precision and shift ``(P, b)`` of every level's block ``(w_u, v_u)`` of entity ``dim``."""
     resid, _, s, _ = _residual(params, data, offset, y, spec.structure)
     idx = data["entity"][dim]
@@ -192,16 +233,16 @@ def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     a = s - v_row
     z = jnp.concatenate([jnp.ones_like(resid)[:, None], a], axis=1)
     target = resid + params[f"w_{dim}"][idx] + jnp.sum(v_row * a, -1)
-    gram, shift = _gram(plan["entity"][dim], z, target, n)
+    gram, shift = _gram(plan["entity"][dim], z, target, n, mesh)
     tau = params["noise_precision"]
     prec, mean = _block_prior(params, dim)
     precision = tau * gram + jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(prec)
     return precision, tau * shift + prec * mean
 
 
-def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, key):
+def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, key, mesh):
     """Draw ``(w_u, v_u)`` of every level of entity ``dim`` at once."""
-    precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n)
+    precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n, mesh)
     current = jnp.concatenate([params[f"w_{dim}"][:, None], params[f"v_{dim}"]], axis=1)
     theta = draw_gaussian(precision, shift, key, current)
     return {**params, f"w_{dim}": theta[:, 0], f"v_{dim}": theta[:, 1:]}
@@ -222,7 +263,7 @@ class _TermStats(NamedTuple):
     tau: jnp.ndarray
 
 
-def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term):
+def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term, mesh=None):
     """Unit statistics and the field's current per-unit sums ``(B_u, L_u, Q_u)``.
 
     With ``B_u`` the field's part of the factor sum of unit ``u`` (an entity or a row) and
@@ -256,7 +297,7 @@ def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term):
         count, r1, e1, er, quad = jnp.ones_like(eps), rest, eps, eps[:, None] * rest, None
     else:
         z = jnp.concatenate([jnp.ones_like(eps)[:, None], rest], axis=1)
-        gram, shift = _gram(plan["entity"][term.carrier], z, eps, n_units)
+        gram, shift = _gram(plan["entity"][term.carrier], z, eps, n_units, mesh)
         count, r1, quad = gram[:, 0, 0], gram[:, 0, 1:], gram[:, 1:, 1:]
         e1, er = shift[:, 0], shift[:, 1:]
     prec, mean = _block_prior(params, g)
@@ -312,9 +353,9 @@ def _level_system(stats: _TermStats, w, v, sums, j, entries):
     return precision, shift, u, x
 
 
-def term_systems(params, data, offset, y, spec: ModelSpec, term):
+def term_systems(params, data, offset, y, spec: ModelSpec, term, mesh=None):
     """``(P, b)`` of every level of ``term`` given all other parameters (for tests)."""
-    stats, sums = _term_setup(params, data, data["gibbs"], offset, y, spec, term)
+    stats, sums = _term_setup(params, data, data["gibbs"], offset, y, spec, term, mesh)
     w, v = params[f"w_{term.dim}"], params[f"v_{term.dim}"]
     levels = jnp.arange(term.n_levels)
 
@@ -324,15 +365,15 @@ def term_systems(params, data, offset, y, spec: ModelSpec, term):
     return jax.vmap(one)(levels, data["gibbs"]["terms"][term.dim])
 
 
-def entity_systems(params, data, offset, y, spec: ModelSpec, dim: str):
+def entity_systems(params, data, offset, y, spec: ModelSpec, dim: str, mesh=None):
     """``(P, b)`` of every level of entity ``dim`` given all other parameters (for tests)."""
     n = spec.structure.n_levels(dim)
-    return _entity_system(params, data, data["gibbs"], offset, y, spec, dim, n)
+    return _entity_system(params, data, data["gibbs"], offset, y, spec, dim, n, mesh)
 
 
-def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, key):
+def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, key, mesh):
     """Draw ``(w_j, v_j)`` level by level for a field whose levels can share a row."""
-    stats, sums = _term_setup(params, data, plan, offset, y, spec, term)
+    stats, sums = _term_setup(params, data, plan, offset, y, spec, term, mesh)
     g = term.dim
 
     def step(carry, inputs):
@@ -386,6 +427,8 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
     mean = jnp.concatenate([jnp.zeros(1), jnp.full(len(groups), prior.mu0)])
     tau = params["noise_precision"]
     target = resid + jnp.sum(design * beta, axis=1)
+    if "row_mask" in data:  # padded rows add nothing
+        design, target = design * data["row_mask"][:, None], target * data["row_mask"]
     gram = jnp.sum(design[:, :, None] * design[:, None, :], axis=0)
     shift = jnp.sum(design * target[:, None], axis=0)
     new = draw_gaussian(tau * gram + jnp.diag(prec), tau * shift + prec * mean, key, beta)
@@ -403,15 +446,19 @@ def gibbs_sweep(
     y: jnp.ndarray,
     key: jax.Array,
     spec: ModelSpec,
+    mesh=None,
 ) -> dict[str, jnp.ndarray]:
-    """One full sweep over all blocks; returns the new site values (centred sites)."""
+    """One full sweep over all blocks; returns the new site values (centred sites).
+
+    ``mesh``: the device mesh the rows are sharded over (see :mod:`bayesfm.sharding`).
+    """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
     keys = iter(jax.random.split(key, 3 + 3 * len(structure.groups)))
     for d, n in structure.entities:
-        params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys))
+        params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys), mesh)
     for term in structure.terms:
-        params = _update_term(params, data, plan, offset, y, spec, term, next(keys))
+        params = _update_term(params, data, plan, offset, y, spec, term, next(keys), mesh)
     params = _update_intercepts(params, data, offset, y, spec, next(keys))
     ng = partial(
         normal_gamma_draw,
@@ -437,7 +484,10 @@ def gibbs_sweep(
             next(keys),
         )
     resid, *_ = _residual(params, data, offset, y, structure)
-    shape = prior.noise_alpha + 0.5 * y.shape[0]
+    n_rows = y.shape[0]
+    if "row_mask" in data:  # padded rows add nothing
+        resid, n_rows = resid * data["row_mask"], jnp.sum(data["row_mask"])
+    shape = prior.noise_alpha + 0.5 * n_rows
     rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
     tau = jax.random.gamma(next(keys), shape) / rate
     params["noise_precision"] = tau
@@ -508,17 +558,21 @@ class FMGibbs(MCMCKernel):
     ----------
     spec : ModelSpec
         The model; its parametrization is ignored (Gibbs draws the centred sites).
+    mesh : jax.sharding.Mesh, optional
+        The mesh the training rows are sharded over (``gibbs_plan(..., n_shards)`` must
+        match its size); per-level sums are then computed per device and added.
     """
 
     sample_field = "z"
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, mesh=None):
         if spec.task != "regression":
             raise ValueError(
                 f"task: got {spec.task!r}; the Gibbs sampler supports ['regression'] so far"
             )
         self.spec = replace(spec, prior=replace(spec.prior, parametrization="centered"))
         self._model = partial(fm_model, spec=self.spec)
+        self.mesh = mesh
 
     @property
     def model(self):
@@ -534,5 +588,5 @@ class FMGibbs(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         data, offset, y = model_args
         key, k_sweep = jax.random.split(state.rng_key)
-        z = gibbs_sweep(state.z, data, offset, y, k_sweep, self.spec)
+        z = gibbs_sweep(state.z, data, offset, y, k_sweep, self.spec, self.mesh)
         return GibbsState(z, key)

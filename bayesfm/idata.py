@@ -153,7 +153,8 @@ def build(
     if extra_posterior is not None:
         posterior = xr.merge([posterior, extra_posterior])
     groups: dict[str, xr.Dataset] = {"posterior": posterior}
-    stats = {k: v for k, v in draws.sample_stats.items() if np.ndim(v) >= 2}
+    monitor = {k: v for k, v in draws.sample_stats.items() if k.startswith(HOLDOUT_PREFIX)}
+    stats = {k: v for k, v in draws.sample_stats.items() if np.ndim(v) >= 2 and k not in monitor}
     if stats:
         groups["sample_stats"] = az.from_dict(sample_stats=stats).sample_stats
     if draws.loss is not None:  # SVI: the loss curve, one value per optimization step
@@ -161,6 +162,18 @@ def build(
         groups["sample_stats"] = xr.Dataset(
             {"loss": (("chain", "svi_step"), loss)},
             coords={"chain": [0], "svi_step": np.arange(loss.shape[1])},
+        )
+    if monitor:  # SVI held-out monitoring: one value per evaluation, at the steps recorded
+        steps = np.asarray(monitor.pop(f"{HOLDOUT_PREFIX}step")).ravel()
+        groups["sample_stats"] = (
+            groups["sample_stats"]
+            .assign(
+                {
+                    k: (("chain", "svi_eval"), np.asarray(v, np.float64).reshape(1, -1))
+                    for k, v in monitor.items()
+                }
+            )
+            .assign_coords(svi_eval=steps)
         )
     for name, ds in (
         ("log_likelihood", log_likelihood),
@@ -174,6 +187,9 @@ def build(
     for group in idata.groups():
         idata[group].attrs.update(attrs)
     return idata
+
+
+HOLDOUT_PREFIX = "holdout_"
 
 
 def group_scales(posterior: xr.Dataset, groups: tuple[str, ...]) -> dict[str, xr.DataArray]:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from jax import monitoring
+from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_value
@@ -108,6 +109,23 @@ class SVIConfig:
         Posterior draws taken from the fitted guide (one chain).
     num_particles : int
         ELBO particles per step.
+    batch_size : int or None
+        Rows per optimization step. ``None`` (default) uses every row in every step. An
+        integer subsamples the likelihood: batches of a fixed size are cut from a reshuffled
+        copy of the rows on the host each epoch, the likelihood is scaled by N / batch_size,
+        and each user's or item's variational parameters move only in the steps whose batch
+        contains it (``guide="normal"`` only).
+    holdout : float
+        Share of the training rows kept out of the fit to monitor convergence (0: none). The
+        plug-in RMSE and log density on them are recorded every ``eval_every`` steps, in
+        ``idata_.sample_stats`` (``holdout_rmse``, ``holdout_lpd``).
+    eval_every : int
+        Steps between two held-out evaluations.
+    patience : int
+        Stop once the held-out log density has not improved for this many evaluations
+        (0: never stop early). Needs ``holdout > 0``.
+    steps_per_call : int
+        Minibatch steps run by one compiled call (batches are sent to the device together).
     progress_bar : bool
         Show a progress bar.
 
@@ -115,6 +133,8 @@ class SVIConfig:
     --------
     >>> SVIConfig(num_steps=500).guide
     'normal'
+    >>> SVIConfig(batch_size=10_000, holdout=0.01).eval_every
+    500
     """
 
     num_steps: int = 3000
@@ -124,12 +144,59 @@ class SVIConfig:
     guide_rank: int = 10
     num_samples: int = 500
     num_particles: int = 1
+    batch_size: int | None = None
+    holdout: float = 0.0
+    eval_every: int = 500
+    patience: int = 0
+    steps_per_call: int = 50
     progress_bar: bool = True
 
+    @property
+    def minibatch(self) -> bool:
+        """Whether the fit runs on the minibatch path (batches or a held-out share)."""
+        return self.batch_size is not None or self.holdout > 0
+
     def __post_init__(self) -> None:
-        _check_positive(self, ("num_steps", "num_samples", "num_particles", "guide_rank"))
+        _check_positive(
+            self,
+            (
+                "num_steps",
+                "num_samples",
+                "num_particles",
+                "guide_rank",
+                "eval_every",
+                "steps_per_call",
+            ),
+        )
         if self.guide not in SVI_GUIDES:
             raise ValueError(f"guide: got {self.guide!r}; allowed {list(SVI_GUIDES)}")
+        if self.batch_size is not None:
+            _check_positive(self, ("batch_size",))
+        if not (isinstance(self.holdout, float | int) and 0 <= self.holdout < 0.5):
+            raise ValueError(f"holdout: got {self.holdout!r}; allowed a share in [0, 0.5)")
+        if self.minibatch:
+            why = f"batch_size={self.batch_size}, holdout={self.holdout}"
+            if self.guide != "normal":
+                raise ValueError(
+                    f"guide: got {self.guide!r} with {why}; minibatch and monitored SVI "
+                    "support guide='normal'"
+                )
+            if self.num_particles != 1:
+                raise ValueError(
+                    f"num_particles: got {self.num_particles!r} with {why}; minibatch and "
+                    "monitored SVI use one particle per step"
+                )
+        if (
+            not isinstance(self.patience, int)
+            or isinstance(self.patience, bool)
+            or self.patience < 0
+        ):
+            raise ValueError(f"patience: got {self.patience!r}; must be an integer >= 0")
+        if self.patience and not self.holdout:
+            raise ValueError(
+                f"patience: got {self.patience!r} with holdout=0; early stopping needs a "
+                "held-out share (holdout > 0)"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: got {self.learning_rate!r}; must be positive")
 
@@ -245,6 +312,19 @@ def _make_guide(model: Callable, cfg: SVIConfig, init_values: dict):
     return AutoNormal(model, init_loc_fn=init, init_scale=0.05)
 
 
+def build_svi(model: Callable, cfg: SVIConfig, init_values: dict) -> tuple[Any, SVI]:
+    """The autoguide and the :class:`numpyro.infer.SVI` object of a full-batch fit."""
+    guide = _make_guide(model, cfg, init_values)
+    lr, decay, n = cfg.learning_rate, cfg.lr_decay, cfg.num_steps
+
+    def schedule(i):
+        return lr * decay ** (i / n)
+
+    optim = numpyro.optim.ClippedAdam(step_size=schedule, clip_norm=10.0)
+    elbo_cls = TraceMeanField_ELBO if cfg.guide == "normal" else Trace_ELBO
+    return guide, SVI(model, guide, optim, elbo_cls(num_particles=cfg.num_particles))
+
+
 def fit_svi(
     model: Callable, args: tuple, cfg: SVIConfig, rng_key: jax.Array, init_values: dict
 ) -> tuple[Any, dict, np.ndarray, dict[str, float]]:
@@ -253,16 +333,8 @@ def fit_svi(
     ``init_values`` gives every latent site's starting value; initializing inside one jitted
     call avoids numpyro's op-by-op model execution, which spends ~10 s compiling.
     """
-    guide = _make_guide(model, cfg, init_values)
+    guide, svi = build_svi(model, cfg, init_values)
     n = cfg.num_steps
-    lr, decay = cfg.learning_rate, cfg.lr_decay
-
-    def schedule(i):
-        return lr * decay ** (i / n)
-
-    optim = numpyro.optim.ClippedAdam(step_size=schedule, clip_norm=10.0)
-    elbo_cls = TraceMeanField_ELBO if cfg.guide == "normal" else Trace_ELBO
-    svi = SVI(model, guide, optim, elbo_cls(num_particles=cfg.num_particles))
     t0 = time.perf_counter()
     with compile_timer() as ct:
         k_init, k_run = jax.random.split(rng_key)
@@ -302,17 +374,22 @@ def guide_draws(guide: Any, params: dict, key: jax.Array, num_samples: int) -> d
     """
     if isinstance(guide, AutoNormal):
         loc = {k[: -len("_auto_loc")]: v for k, v in params.items() if k.endswith("_auto_loc")}
-        keys = dict(zip(loc, jax.random.split(key, len(loc)), strict=True))
-        return {
-            k: v + params[f"{k}_auto_scale"] * jax.random.normal(keys[k], (num_samples, *v.shape))
-            for k, v in loc.items()
-        }
+        scale = {k: params[f"{k}_auto_scale"] for k in loc}
+        return guide_draws_normal(loc, scale, key, num_samples)
     loc, factor, scale = params["auto_loc"], params["auto_cov_factor"], params["auto_scale"]
     k1, k2 = jax.random.split(key)
     eps_low = jax.random.normal(k1, (num_samples, factor.shape[1]))
     eps_diag = jax.random.normal(k2, (num_samples, loc.shape[0]))
     flat = loc + eps_low @ factor.T + scale * eps_diag
     return jax.vmap(guide._unpack_latent)(flat)
+
+
+def guide_draws_normal(loc: dict, scale: dict, key: jax.Array, num_samples: int) -> dict:
+    """Draws ``loc + scale * eps`` of a mean-field Normal guide, per site."""
+    # one flat draw: a threefry call per site makes XLA's compilation several times slower
+    flat, unravel = ravel_pytree(loc)
+    eps = jax.vmap(unravel)(jax.random.normal(key, (num_samples, flat.shape[0])))
+    return {k: v + scale[k] * eps[k] for k, v in loc.items()}
 
 
 # ----------------------------------------------------------------------------------- NUTS

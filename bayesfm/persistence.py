@@ -288,6 +288,8 @@ def load(path: str | os.PathLike) -> BayesianFM:
     if "sample_stats" in groups:
         ss = groups["sample_stats"]
         stats = {k: ss[k].to_numpy() for k in ss.data_vars if k != "loss"}
+        if "svi_eval" in ss.coords:
+            stats[f"{idata_mod.HOLDOUT_PREFIX}step"] = ss["svi_eval"].to_numpy()
         if "loss" in ss:
             loss = ss["loss"].to_numpy().ravel()
     timings = json.loads(a["timings"])

@@ -105,6 +105,8 @@ class PredictiveEngine:
     # per-draw entity sums are computed once and kept across row chunks up to this many
     # floats; aggregating implicit sets or genres again for every chunk dominates otherwise
     table_floats: int = 1 << 25
+    # parameter draws up to this size stay on the device across row chunks
+    resident_bytes: int = 1 << 30
 
     def _params_needed(self) -> list[str]:
         names = ["w0"] if "w0" in self.samples else []
@@ -184,6 +186,9 @@ class PredictiveEngine:
                 }
             # the same (draw, level) gets the same prior draw in every chunk
             batches.append((b0, b1, p, jax.random.fold_in(base_key, b0)))
+        if sum(v.nbytes for v in params.values()) <= self.resident_bytes:
+            # send the draws to the device once, not once per row chunk
+            batches = [(b0, b1, jax.device_put(p), k) for b0, b1, p, k in batches]
         offset = jnp.float32(self.offset)
         tables = None
         if self._keep_tables(enc, extra):

@@ -157,9 +157,17 @@ _METRIC_TEXT_KEYS = {
 
 
 def _dataclass_keys(cls: type) -> dict[str, _Key]:
-    """Keys of a frozen config dataclass, their kinds taken from the defaults."""
+    """Keys of a frozen config dataclass, their kinds taken from the defaults (or, for an
+    optional field whose default is None, from its annotation such as ``int | None``)."""
     kinds = {bool: "bool", int: "int", float: "float", str: "str"}
-    return {f.name: _Key(kinds[type(f.default)], default=f.default) for f in fields(cls)}
+
+    def kind(f) -> str:
+        if f.default is not None:
+            return kinds[type(f.default)]
+        names = str(f.type).replace(" ", "").split("|")
+        return next(n for n in names if n in _KIND_NAMES)
+
+    return {f.name: _Key(kind(f), default=f.default) for f in fields(cls)}
 
 
 def _suggest(word: str, allowed: list[str] | tuple[str, ...], fmt: str = "{!r}") -> str:

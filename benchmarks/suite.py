@@ -113,6 +113,16 @@ def _args() -> argparse.Namespace:
     p.add_argument("--nuts-splits", nargs="+", choices=SPLITS, default=list(NUTS_SPLITS))
     p.add_argument("--scaling-n", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     p.add_argument("--large", action="store_true", help="add N = 1e7 to the scaling part")
+    p.add_argument(
+        "--scaling-methods", nargs="+", choices=SCALING_METHODS, default=list(SCALING_METHODS)
+    )
+    p.add_argument(
+        "--scaling-n-2dev",
+        nargs="*",
+        type=int,
+        default=[100_000, 1_000_000],
+        help="sizes also run with the rows split over two host devices",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings for CI (no doc)")
     p.add_argument("--doc-only", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
@@ -382,57 +392,45 @@ def part_coldstart(bfm, args, s: Settings, results: dict, save) -> None:
             save(f"coldstart/{system}", row)
 
 
-SCALING_SCRIPT = """
-import json, sys, time, warnings
-import numpy as np, pandas as pd, bayesfm as bfm
-n, method, steps = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-rng = np.random.default_rng(0)
-n_users, n_items = max(100, n // 100), max(50, n // 200)
-X = pd.DataFrame({"user_id": rng.integers(0, n_users, n), "item_id": rng.integers(0, n_items, n)})
-y = 3.5 + rng.normal(0, 1, n)
-if method == "gibbs":
-    inf = bfm.GibbsConfig(num_warmup=1, num_samples=steps, num_chains=1)
-else:
-    inf = bfm.SVIConfig(num_steps=steps, num_samples=20)
-model = bfm.BayesianMF(rank=10, inference=inf, progress_bar=False, store_pointwise=False)
-t0 = time.perf_counter()
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    model.fit(X, y)
-fit = time.perf_counter() - t0
-t = model.timings_
-compile_s = sum(v for k, v in t.items() if k.endswith("compile_s"))
-run_s = sum(v for k, v in t.items() if k.endswith("total_s")) - compile_s
-rows = X.iloc[: min(n, 100_000)]
-model.predict(rows.iloc[:1000])  # compile
-t0 = time.perf_counter()
-model.predict(rows)
-pred = (time.perf_counter() - t0) / len(rows) * 1000
-# VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a child would report the
-# parent's peak
-hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
-peak = int(hwm.split()[1]) / 1024
-print(json.dumps({"n": n, "method": method, "steps": steps, "fit_s": fit,
-                  "compile_s": compile_s, "per_step_s": run_s / steps,
-                  "predict_per_1000_s": pred, "draws": steps if method == "gibbs" else 20,
-                  "peak_rss_mib": peak}))
-"""
+SCALING_METHODS = ("gibbs", "svi", "svi_mb")
+SCALING_STEPS = {"gibbs": 20, "svi": 50, "svi_mb": 200}
 
 
 def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
     sizes = [10_000] if args.quick else list(args.scaling_n) + ([10_000_000] if args.large else [])
-    for n in sizes:
-        for method in ("gibbs", "svi"):
-            steps = 2 if args.quick else (20 if method == "gibbs" else 50)
-            done = subprocess.run(
-                [sys.executable, "-c", SCALING_SCRIPT, str(n), method, str(steps)],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                print(done.stderr[-3000:], flush=True)
-                raise SystemExit(f"scaling run n={n} method={method} failed")
-            save(f"scaling/{method}/{n}", json.loads(done.stdout.strip().splitlines()[-1]))
+    runs = [(n, m, 1) for n in sizes for m in args.scaling_methods]
+    # rows split over two simulated host devices (data_devices=2); minibatch SVI uses one
+    runs += [
+        (n, m, 2)
+        for n in ([10_000] if args.quick else args.scaling_n_2dev)
+        for m in args.scaling_methods
+        if m != "svi_mb" and not (args.quick and m == "svi")
+    ]
+    for n, method, devices in runs:
+        steps = 2 if args.quick else SCALING_STEPS[method]
+        env = dict(os.environ)
+        if devices > 1:
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.scaling_run",
+                str(n),
+                method,
+                str(steps),
+                str(devices),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        if done.returncode != 0:
+            print(done.stderr[-3000:], flush=True)
+            raise SystemExit(f"scaling run n={n} method={method} devices={devices} failed")
+        suffix = "" if devices == 1 else f"/{devices}dev"
+        save(f"scaling/{method}/{n}{suffix}", json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # ------------------------------------------------------------------------------ doc
@@ -440,8 +438,103 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
-def write_doc(results: dict, doc: Path) -> None:
-    """``docs/benchmarks.md`` from the JSON results (nothing typed by hand)."""
+def _scaling_lines(results: dict, gpu: dict) -> list[str]:
+    """The scaling table: CPU columns from ``results``, GPU columns from ``gpu``."""
+    scale = {k: v for k, v in results.items() if k.startswith("scaling/")}
+    gpu_scale = {k: v for k, v in gpu.items() if k.startswith("scaling/")}
+    if not scale and not gpu_scale:
+        return []
+    gpu_name = gpu.get("machine", {}).get("device", "GPU")
+    lines = [
+        "",
+        "## Scaling on synthetic ratings (MF, rank 10)",
+        "",
+        "N ratings, N/100 users, N/200 items; each N and method in its own process.",
+        "",
+        "- per step: wall time of one Gibbs sweep, one full-batch SVI step, or one minibatch",
+        "  SVI step (`svi_mb`, 10,000 rows per step), timed over repeated calls of the",
+        "  compiled step (compilation excluded). Per epoch: one pass over the N ratings (a",
+        "  sweep, a full-batch step, or N / 10,000 minibatch steps).",
+        "- predictions/s: posterior predictive mean of up to 1,000,000 rows (20 draws).",
+        "- peak RSS: the whole process (VmHWM); the GPU columns give the device's own peak.",
+        "- `(2 host devices)`: the rows split over two simulated CPU devices",
+        "  (`data_devices=2`, `XLA_FLAGS=--xla_force_host_platform_device_count=2`) on the same",
+        "  cores; a check of the data-parallel code path more than of a second machine.",
+        f"- GPU columns: {gpu_name}; `-` where not measured.",
+        "",
+        "| N | method | per step s | per epoch s | epoch us per rating | predictions/s "
+        "| compile s | peak RSS MiB | GPU per step s | GPU per epoch s | GPU predictions/s "
+        "| GPU peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(key: str) -> tuple:
+        parts = key.split("/")
+        return (SCALING_METHODS.index(parts[1]), len(parts), int(parts[2]))
+
+    for key in sorted(set(scale) | set(gpu_scale), key=order):
+        r, g = scale.get(key, {}), gpu_scale.get(key, {})
+        parts = key.split("/")
+        n = int(parts[2])
+        label = parts[1] + (f" ({parts[3][0]} host devices)" if len(parts) > 3 else "")
+        epoch = r.get("per_epoch_s", r.get("per_step_s"))
+        lines.append(
+            f"| {n:,} | {label} | {_fmt(r.get('per_step_s'), '.4f')} "
+            f"| {_fmt(epoch, '.4f')} "
+            f"| {_fmt(None if epoch is None else 1e6 * epoch / n, '.3f')} "
+            f"| {_fmt(r.get('predictions_per_s'), ',.0f')} | {_fmt(r.get('compile_s'), '.1f')} "
+            f"| {_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(g.get('per_step_s'), '.4f')} "
+            f"| {_fmt(g.get('per_epoch_s'), '.4f')} | {_fmt(g.get('predictions_per_s'), ',.0f')} "
+            f"| {_fmt(g.get('device_peak_mib'), '.0f')} |"
+        )
+    notes = sorted({r["note"] for r in scale.values() if r.get("note")})
+    if notes or gpu.get("machine", {}).get("note"):
+        lines.append("")
+    for note in notes:
+        keys = ", ".join(k.split("/", 1)[1] for k in sorted(scale) if scale[k].get("note") == note)
+        lines.append(f"- {keys}: {note}.")
+    if gpu.get("machine", {}).get("note"):
+        lines.append(f"- GPU: {gpu['machine']['note']}")
+    return lines
+
+
+def _gpu_accuracy_lines(gpu: dict) -> list[str]:
+    """ua on the GPU machine, with myFM on that machine's CPU for the time ratio."""
+    acc = {k: v for k, v in gpu.items() if k.startswith("accuracy/") and k.endswith("/ua")}
+    if not acc:
+        return []
+    m = gpu.get("machine", {})
+    lines = [
+        "",
+        f"## GPU: split ua on {m.get('device', 'a GPU')}",
+        "",
+        f"bayesfm on the GPU (jax {m.get('jax', '?')}, numpyro {m.get('numpyro', '?')}, "
+        f"{m.get('date', '?')}); myFM on the same machine's CPU ({m.get('cpu_cores', '?')} "
+        "cores), same settings as above. `sampling s` is the fit time minus the compile time",
+        "JAX reports, which is rough when compilation dominates the fit as it does here.",
+        "",
+        "| system | RMSE | LPD | cov 90% | fit s | compile s | sampling s | ratio sampling "
+        "| ratio incl. |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in SYSTEMS:
+        r = acc.get(f"accuracy/{system}/ua")
+        if r is None:
+            continue
+        lines.append(
+            f"| {system} | {r['rmse']:.4f} | {_fmt(r.get('mlpd'), '.4f')} "
+            f"| {_fmt(r.get('cov90'), '.3f')} | {r['fit_s']:.1f} | {r['compile_s']:.1f} "
+            f"| {_fmt(r.get('sample_s'), '.2f')} | {_fmt(r.get('ratio_sampling'), '.3f')} "
+            f"| {_fmt(r.get('ratio_incl_compile'), '.2f')} |"
+        )
+    return lines
+
+
+def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
+    """``docs/benchmarks.md`` from the JSON results (nothing typed by hand).
+
+    ``gpu`` holds the results of ``benchmarks/gpu.sh`` (``benchmarks/results/suite_gpu.json``).
+    """
     import jax
 
     import bayesfm
@@ -459,7 +552,12 @@ def write_doc(results: dict, doc: Path) -> None:
         "Generated by `python -m benchmarks.suite`; do not edit by hand.",
         "",
         f"- date: {date.today().isoformat()}; machine: {cpu_model()}, {os.cpu_count()} cores, "
-        f"JAX backend {jax.default_backend()} (no GPU column: no GPU was used)",
+        f"JAX backend {jax.default_backend()}"
+        + (
+            f"; GPU columns from {gpu['machine']['device']} (`benchmarks/gpu.sh`)"
+            if gpu and "machine" in gpu
+            else " (no GPU column: no GPU was used)"
+        ),
         f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}, {', '.join(versions)}",
         "- rank 10 for every factorization model. Features: "
         + "; ".join(f"`{k}` = {v}" for k, v in FEATURES.items()),
@@ -471,7 +569,9 @@ def write_doc(results: dict, doc: Path) -> None:
         "  predictive intervals; Surprise gives point predictions only. myFM's predictive",
         "  distribution is built from its kept samples and noise precisions.",
         "- `fm_full` predicts star classes: its RMSE is of E[class], and its intervals are sets",
-        "  of whole stars, so their coverage exceeds the nominal level by construction.",
+        "  of whole stars, so their coverage exceeds the nominal level by construction. Its LPD",
+        "  is a log probability of the observed star, not a log density, so it cannot be",
+        "  compared with the LPD of the Gaussian rows.",
         "- one Gibbs chain with 100 kept sweeps explores less of the posterior than the 4-chain",
         "  runs of [benchmarks_gibbs.md](benchmarks_gibbs.md), and its intervals are narrower.",
         "- ratio = bayesfm fit time / myFM fit time with the same features, same run, same",
@@ -549,28 +649,9 @@ def write_doc(results: dict, doc: Path) -> None:
                 f"| {_fmt(r.get('cov90'), '.3f')} | {_fmt(r.get('width90'), '.3f')} "
                 f"| {_fmt(r.get('fit_s'), '.1f')} |"
             )
-    scale = {k: v for k, v in results.items() if k.startswith("scaling/")}
-    if scale:
-        lines += [
-            "",
-            "## Scaling on synthetic ratings (MF, rank 10)",
-            "",
-            "N ratings, N/100 users, N/200 items; each N in its own process. Per step = wall",
-            "time of one Gibbs sweep or one full-batch SVI step after compilation; predict =",
-            "posterior predictive mean of up to 100,000 rows, per 1,000 rows (Gibbs: 20 draws",
-            "kept; SVI: 20 draws); peak RSS of the whole process.",
-            "",
-            "| N | method | per step s | per step / N (us) | predict s per 1,000 | compile s "
-            "| peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for key in sorted(scale, key=lambda k: (scale[k]["method"], scale[k]["n"])):
-            r = scale[key]
-            lines.append(
-                f"| {r['n']:,} | {r['method']} | {r['per_step_s']:.4f} "
-                f"| {1e6 * r['per_step_s'] / r['n']:.3f} | {r['predict_per_1000_s']:.4f} "
-                f"| {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} |"
-            )
+    lines += _scaling_lines(results, gpu or {})
+    if gpu:
+        lines += _gpu_accuracy_lines(gpu)
     lines += [
         "",
         "Other pages: [recommendations](recommendations.md) (top-N strategies),",
@@ -586,8 +667,10 @@ def main() -> None:
     args = _args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and not args.quick else {}
+    gpu_file = out.with_name("suite_gpu.json")
+    gpu = json.loads(gpu_file.read_text()) if gpu_file.exists() and not args.quick else None
     if args.doc_only:
-        write_doc(results, Path(args.doc))
+        write_doc(results, Path(args.doc), gpu)
         return
     if args.data is None:
         default = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -611,7 +694,8 @@ def main() -> None:
         )
     print(f"suite done in {time.perf_counter() - t0:.0f} s", flush=True)
     # quick mode checks the doc writer too, on a scratch file
-    write_doc(results, Path(tempfile.mkdtemp()) / "benchmarks.md" if args.quick else Path(args.doc))
+    doc = Path(tempfile.mkdtemp()) / "benchmarks.md" if args.quick else Path(args.doc)
+    write_doc(results, doc, gpu)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""The predictive engine: kept per-draw entity sums give the same latent means."""
+"""The predictive engine: kept per-draw entity sums, and memory bounded in rows x draws."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
+import pytest
 
 
 def test_kept_entity_sums_equal_per_chunk_recomputation(svi_fm, synthetic_split):
@@ -20,3 +24,40 @@ def test_kept_entity_sums_equal_per_chunk_recomputation(svi_fm, synthetic_split)
     np.testing.assert_allclose(kept, recomputed, rtol=1e-5, atol=1e-5)
     # cold-start rows vary across draws (prior draws), identically on both paths
     assert kept[:, -20:].std(0).min() > 0
+
+
+# ---------------------------------------------------------------------- memory bound
+PREDICT_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, pandas as pd, bayesfm as bfm
+
+    def peak_mib():
+        # VmHWM of this process image; ru_maxrss would carry the parent's peak over exec
+        line = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
+        return int(line.split()[1]) / 1024
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"user_id": rng.integers(0, 50, 2000), "item_id": rng.integers(0, 40, 2000)})
+    model = bfm.BayesianMF(rank=2, inference=bfm.SVIConfig(num_steps=30, num_samples=400),
+                           progress_bar=False).fit(X, rng.normal(3.5, 1.0, len(X)))
+    big = pd.DataFrame({"user_id": rng.integers(0, 50, 1_000_000),
+                        "item_id": rng.integers(0, 40, 1_000_000)})
+    model.predict_interval(big.iloc[:5000])  # compile
+    before = peak_mib()
+    out = model.predict_interval(big, 0.9)
+    after = peak_mib()
+    assert len(out) == len(big) and np.isfinite(out.to_numpy()).all()
+    print(after - before)
+    """
+)
+
+
+@pytest.mark.slow
+def test_prediction_memory_does_not_grow_with_rows_times_draws():
+    """1M rows x 400 draws is 1.6 GB as one float32 array; chunked summaries need far less."""
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_MEMORY_SCRIPT], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth_mib = float(done.stdout.strip().splitlines()[-1])
+    assert growth_mib < 600, f"peak memory grew by {growth_mib:.0f} MiB"

@@ -159,6 +159,17 @@ def test_tiny_settings_nuts(tmp_path):
     assert (cfg.num_warmup, cfg.num_samples, cfg.num_chains) == (20, 20, 1)
 
 
+def test_minibatch_settings_are_read_and_typed(tmp_path):
+    """Optional keys (default None, such as batch_size) take their type from the annotation."""
+    svi = 'method = "svi"\nnum_steps = 3000\nnum_samples = 1000'
+    path = _edit(tmp_path, "ml100k_binary", svi, svi + "\nbatch_size = 512\nholdout = 0.02")
+    cfg = load_spec(path).inference
+    assert (cfg.batch_size, cfg.holdout) == (512, 0.02)
+    path = _edit(tmp_path, "ml100k_binary", svi, svi + '\nbatch_size = "512"', "bad.toml")
+    with pytest.raises(SpecError, match=r"batch_size = '512' has type string; expected an integer"):
+        load_spec(path)
+
+
 def test_build_estimator_overrides():
     card = load_spec(MODELS / "ml100k_fm_side.toml")
     model = card.build_estimator(rank=2, progress_bar=False)

@@ -1,0 +1,82 @@
+"""Data parallelism: sharded and single-device runs agree (two simulated CPU devices)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bayesfm as bfm
+from bayesfm import sharding
+
+CHECK = Path(__file__).with_name("sharding_check.py")
+
+
+@pytest.fixture(scope="module")
+def two_device_results():
+    """Runs ``sharding_check.py`` in a process that sees two CPU devices."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run(
+        [sys.executable, str(CHECK)], capture_output=True, text=True, timeout=1200, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_rows_are_split_over_both_devices(two_device_results):
+    assert two_device_results["sharded"] == [True, True]
+    assert two_device_results["padded_rows"] == 1  # 301 rows: one masked row pads the split
+
+
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        "log_density",
+        "gradient",
+        "entity_user",
+        "entity_item",
+        "term_occupation",
+        "term_genres",
+        "term_hour",
+        "sweep",
+    ],
+)
+def test_sharded_statistics_equal_single_device(two_device_results, quantity):
+    """Log density, its gradient, every Gibbs system (P, b) and one whole sweep."""
+    assert two_device_results[quantity] < 1e-5, two_device_results[quantity]
+
+
+@pytest.mark.parametrize("quantity", ["svi_loss", "svi_predict", "gibbs_sigma", "gibbs_predict"])
+def test_fits_with_data_devices_equal_single_device_fits(two_device_results, quantity):
+    assert two_device_results[quantity] < 1e-4, two_device_results[quantity]
+
+
+def test_nuts_chains_run_in_parallel_over_the_devices(two_device_results):
+    assert two_device_results["parallel_chains"] == ["parallel", [2, 20]]
+
+
+def test_incompatible_settings_are_refused_with_two_devices(two_device_results):
+    assert "minibatch SVI runs on one device" in two_device_results["minibatch_error"]
+    assert "run the chains 'vectorized' or 'sequential'" in two_device_results["parallel_error"]
+
+
+def test_pad_rows_masks_the_padding():
+    arrays = {"entity": {"user": np.array([3, 1, 2], np.int32)}, "terms": {}}
+    padded, y = sharding.pad_rows(arrays, np.array([1.0, 2.0, 3.0], np.float32), 4)
+    np.testing.assert_array_equal(padded["entity"]["user"], [3, 1, 2, 0])
+    np.testing.assert_array_equal(padded["row_mask"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(y, [1, 2, 3, 0])
+
+
+@pytest.mark.parametrize("value", [0, 5, "two", 1.5, True])
+def test_data_devices_beyond_the_visible_devices_are_refused(toy, value):
+    X, y = toy
+    model = bfm.BayesianMF(rank=1, inference="svi", data_devices=value, progress_bar=False)
+    with pytest.raises(ValueError, match=rf"data_devices: got {value!r}; allowed None, 'all'"):
+        model.fit(X, y)
+    assert not hasattr(model, "draws_")
