@@ -205,12 +205,7 @@ def _neg_elbo(
     per-entity sums need every level, and ``tables`` (the full location tables) fill in,
     without gradient, the levels outside the batch, which the batch's likelihood never reads.
     """
-    locs = {**{k: v["loc"] for k, v in glob.items()}, **{k: v["loc"] for k, v in rows.items()}}
-    # one flat draw: a threefry call per site makes XLA's compilation several times slower
-    flat, unravel = ravel_pytree(locs)
-    eps = unravel(jax.random.normal(key, flat.shape))
-    var = {**glob, **rows}
-    z = {k: locs[k] + jnp.exp(var[k]["log_scale"]) * eps[k] for k in locs}
+    loc, scale, z = _draw({**glob, **rows}, key)
     values = {k: transforms[k](z[k]) for k in glob}
     data = _model_data(batch, owned_terms)
     if owned_terms:
@@ -221,6 +216,35 @@ def _neg_elbo(
         # compact: the model sees only the touched levels, and rows index them by position
         values.update({k: z[k] for k in local})
         data["entity"] = batch["position"]
+
+    def local_kl(name, q, fn):
+        if name not in local:
+            return None
+        # analytic KL of each touched level to its prior, weighted by 1 / P(in a batch)
+        d, event = local[name], len(fn.event_shape)
+        loc_p, scale_p = _prior_normal(fn, jnp.minimum(uniq[d], fn.batch_shape[0] - 1))
+        kl = kl_divergence(q, Normal(loc_p, scale_p))
+        kl = jnp.sum(kl, axis=tuple(range(1, 1 + event))) if event else kl
+        return jnp.sum(weight[d] * kl)
+
+    return -_site_elbo(spec, values, data, batch, n_total, (loc, scale, z), transforms, local_kl)
+
+
+def _draw(var: dict, key: jax.Array) -> tuple[dict, dict, dict]:
+    """``(loc, scale, z)``: one reparametrized draw ``z = loc + scale * eps`` of every site."""
+    loc = {k: v["loc"] for k, v in var.items()}
+    # one flat draw: a threefry call per site makes XLA's compilation several times slower
+    flat, unravel = ravel_pytree(loc)
+    eps = unravel(jax.random.normal(key, flat.shape))
+    scale = {k: jnp.exp(v["log_scale"]) for k, v in var.items()}
+    return loc, scale, {k: loc[k] + scale[k] * eps[k] for k in loc}
+
+
+def _site_elbo(spec, values, data, batch, n_total, draw, transforms, local_kl) -> jnp.ndarray:
+    """The ELBO estimate from the model's trace at ``values``: the batch's likelihood scaled
+    by N / B, minus ``local_kl(name, q, prior)`` for per-entity sites (it returns None for
+    the others) and minus the KL of every other site."""
+    loc, scale, z = draw
     tr = handlers.trace(handlers.substitute(partial(fm_model, spec=spec), data=values)).get_trace(
         data, batch["offset"], batch["y"]
     )
@@ -229,24 +253,19 @@ def _neg_elbo(
     for name, site in tr.items():
         if site["type"] != "sample":
             continue
-        if site["is_observed"]:
-            elbo = elbo + (n_total / b) * jnp.sum(site["fn"].log_prob(site["value"]))
-            continue
         fn = site["fn"]
-        q = Normal(var[name]["loc"], jnp.exp(var[name]["log_scale"]))
-        event = len(fn.event_shape)
-        if name in local:
-            # analytic KL of each touched level to its prior, weighted by 1 / P(in a batch)
-            d = local[name]
-            loc_p, scale_p = _prior_normal(fn, jnp.minimum(uniq[d], fn.batch_shape[0] - 1))
-            kl = kl_divergence(q, Normal(loc_p, scale_p))
-            kl = jnp.sum(kl, axis=tuple(range(1, 1 + event))) if event else kl
-            elbo = elbo - jnp.sum(weight[d] * kl)
+        if site["is_observed"]:
+            elbo = elbo + (n_total / b) * jnp.sum(fn.log_prob(site["value"]))
             continue
-        if event:
-            q = q.to_event(event)
-        elbo = elbo - _global_kl(q, fn, transforms[name], z[name], values[name])
-    return -elbo
+        q = Normal(loc[name], scale[name])
+        kl = local_kl(name, q, fn)
+        if kl is None:
+            event = len(fn.event_shape)
+            kl = _global_kl(
+                q.to_event(event) if event else q, fn, transforms[name], z[name], values[name]
+            )
+        elbo = elbo - kl
+    return elbo
 
 
 def _global_kl(q, fn, t, z, value):
@@ -339,42 +358,23 @@ def _run_block_rows(
 
 def _neg_elbo_dense(params, batch, owned_terms, inv_pi, key, *, spec, transforms, local, n_total):
     """Negative stochastic ELBO of one batch (one particle), every level's parameters dense."""
-    locs = {name: params[name]["loc"] for name in transforms}
-    # one flat draw: a threefry call per site makes XLA's compilation several times slower
-    flat, unravel = ravel_pytree(locs)
-    eps = unravel(jax.random.normal(key, flat.shape))
-    z, scale = {}, {}
-    for name in transforms:
-        scale[name] = jnp.exp(params[name]["log_scale"])
-        z[name] = locs[name] + scale[name] * eps[name]
+    loc, scale, z = _draw({k: params[k] for k in transforms}, key)
     values = {name: t(z[name]) for name, t in transforms.items()}
-    data = _model_data(batch, owned_terms)
-    tr = handlers.trace(handlers.substitute(partial(fm_model, spec=spec), data=values)).get_trace(
-        data, batch["offset"], batch["y"]
-    )
-    b = batch["y"].shape[0]
     touched = {
         d: jnp.zeros(w.shape[0], jnp.float32).at[batch["entity"][d]].set(1.0)
         for d, w in inv_pi.items()
     }
-    elbo = 0.0
-    for name, site in tr.items():
-        if site["type"] != "sample":
-            continue
-        if site["is_observed"]:
-            elbo = elbo + (n_total / b) * jnp.sum(site["fn"].log_prob(site["value"]))
-            continue
-        t, fn = transforms[name], site["fn"]
-        q = Normal(params[name]["loc"], scale[name])
-        event = jnp.ndim(z[name]) - len(fn.batch_shape)
-        if event:
-            q = q.to_event(event)
-        if name in local:
-            d = local[name]
-            # analytic KL of each level, kept only where the batch touches the level
-            elbo = elbo - jnp.sum(touched[d] * inv_pi[d] * kl_divergence(q, fn))
-            continue
-        elbo = elbo - _global_kl(q, fn, t, z[name], values[name])
+
+    def local_kl(name, q, fn):
+        if name not in local:
+            return None
+        # analytic KL of each level, kept only where the batch touches the level
+        d, event = local[name], len(fn.event_shape)
+        kl = kl_divergence(q.to_event(event) if event else q, fn)
+        return jnp.sum(touched[d] * inv_pi[d] * kl)
+
+    data = _model_data(batch, owned_terms)
+    elbo = _site_elbo(spec, values, data, batch, n_total, (loc, scale, z), transforms, local_kl)
     return -elbo, touched
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -98,3 +101,27 @@ def mf_long():
         warnings.simplefilter("error", bfm.diagnostics.ConvergenceWarning)
         model.fit(data.X[~test], data.y[~test])
     return model, data, ~test, test
+
+
+# a helper for the memory tests: the script prints its peak growth, read from VmHWM
+PEAK_MIB = textwrap.dedent(
+    """
+    def peak_mib():
+        # VmHWM of this process image; ru_maxrss would carry the parent's peak over exec
+        line = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
+        return int(line.split()[1]) / 1024
+    """
+)
+
+
+def peak_growth_mib(script: str) -> float:
+    """Run ``script`` (which may call ``peak_mib()`` and prints the growth it measured last)
+    in a fresh process; returns that number."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_MIB + textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.strip().splitlines()[-1])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from .conftest import peak_growth_mib
 
 
 def test_kept_entity_sums_equal_per_chunk_recomputation(svi_fm, synthetic_split):
@@ -31,11 +31,6 @@ PREDICT_MEMORY_SCRIPT = textwrap.dedent(
     """
     import numpy as np, pandas as pd, bayesfm as bfm
 
-    def peak_mib():
-        # VmHWM of this process image; ru_maxrss would carry the parent's peak over exec
-        line = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
-        return int(line.split()[1]) / 1024
-
     rng = np.random.default_rng(0)
     X = pd.DataFrame({"user_id": rng.integers(0, 50, 2000), "item_id": rng.integers(0, 40, 2000)})
     model = bfm.BayesianMF(rank=2, inference=bfm.SVIConfig(num_steps=30, num_samples=400),
@@ -55,9 +50,5 @@ PREDICT_MEMORY_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_prediction_memory_does_not_grow_with_rows_times_draws():
     """1M rows x 400 draws is 1.6 GB as one float32 array; chunked summaries need far less."""
-    done = subprocess.run(
-        [sys.executable, "-c", PREDICT_MEMORY_SCRIPT], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    growth_mib = float(done.stdout.strip().splitlines()[-1])
+    growth_mib = peak_growth_mib(PREDICT_MEMORY_SCRIPT)
     assert growth_mib < 600, f"peak memory grew by {growth_mib:.0f} MiB"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,6 +13,8 @@ from scipy.stats import chisquare, norm
 import bayesfm as bfm
 from bayesfm import metrics
 from bayesfm.recommend import top_n
+
+from .conftest import peak_growth_mib
 
 
 def _training_pairs(model, X: pd.DataFrame) -> set:
@@ -258,11 +258,6 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import numpy as np, pandas as pd, bayesfm as bfm
 
-    def peak_mib():
-        # VmHWM of this process image; ru_maxrss would carry the parent's peak over exec
-        line = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
-        return int(line.split()[1]) / 1024
-
     rng = np.random.default_rng(0)
     n_users, n_items, n_obs = 1000, 10000, 20000
     X = pd.DataFrame({"user_id": rng.integers(0, n_users, n_obs),
@@ -285,11 +280,7 @@ MEMORY_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_memory_stays_bounded_for_1000_users_by_10000_items():
     """10M pairs x 100 draws would need 4 GB as one array; the blocked scorer needs far less."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    growth_mib = float(done.stdout.strip().splitlines()[-1])
+    growth_mib = peak_growth_mib(MEMORY_SCRIPT)
     assert growth_mib < 1024, f"peak memory grew by {growth_mib:.0f} MiB"
 
 
