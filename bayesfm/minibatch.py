@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import Normal
@@ -111,9 +112,10 @@ class RowBatches:
 
 
 def touched_levels(block: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
-    """Add, per batch and entity, the sorted levels the batch touches (``uniq``, padded with
-    the out-of-range index ``n_levels``) and each row's position among them. Done on the
-    host: sorting on the device cost more than the rest of a step."""
+    """Add, per batch and entity, the distinct levels the batch touches (``uniq``, in order
+    of first appearance, padded with the out-of-range index ``n_levels``) and each row's
+    position among them, so that ``uniq[position] == entity``. Done on the host with a hash
+    table (``pandas.factorize``): sorting on the device cost more than the rest of a step."""
     block = dict(block)
     block["uniq"], block["position"] = {}, {}
     for d, n in sizes.items():
@@ -121,8 +123,8 @@ def touched_levels(block: dict[str, Any], sizes: dict[str, int]) -> dict[str, An
         uniq = np.full(idx.shape, n, np.int32)
         position = np.empty(idx.shape, np.int32)
         for i, row in enumerate(idx):
-            u, inv = np.unique(row, return_inverse=True)
-            uniq[i, : len(u)], position[i] = u, inv
+            codes, levels = pd.factorize(row, sort=False)
+            uniq[i, : len(levels)], position[i] = levels, codes
         block["uniq"][d], block["position"][d] = uniq, position
     return block
 
@@ -187,10 +189,18 @@ def _prior_normal(fn, rows: jnp.ndarray):
     while hasattr(base, "base_dist"):
         base = base.base_dist
     shape = fn.batch_shape + fn.event_shape
-    return (
-        jnp.broadcast_to(base.loc, shape)[rows],
-        jnp.broadcast_to(base.scale, shape)[rows],
-    )
+    out_shape = rows.shape + shape[1:]
+
+    def at_rows(a):
+        a = jnp.asarray(a)
+        lead = len(shape) - a.ndim  # dimensions the prior broadcasts over
+        if lead > 0 or a.shape[0] == 1:
+            # shared across levels: broadcasting to every level and gathering would make
+            # the gradient a scatter into a zeros table of all levels, O(levels) per step
+            return jnp.broadcast_to(a[0] if lead == 0 else a, out_shape)
+        return a[rows]
+
+    return at_rows(base.loc), at_rows(base.scale)
 
 
 def _neg_elbo(
@@ -199,7 +209,7 @@ def _neg_elbo(
     """Negative stochastic ELBO of one batch (one particle).
 
     ``glob`` holds the variational parameters of the global sites; ``rows`` those of the
-    levels in ``uniq`` (the levels the batch touches, per entity, sorted and padded with an
+    levels in ``uniq`` (the levels the batch touches, per entity, padded with an
     out-of-range index). Without entity-owned features the model runs on those rows alone
     (the batch's rows re-indexed into ``uniq``), so a step costs O(batch). Otherwise the
     per-entity sums need every level, and ``tables`` (the full location tables) fill in,
@@ -539,25 +549,32 @@ def run_minibatch_svi(
     best, stale, done = -np.inf, 0, 0
     bar = _progress(cfg)
     steady_s, steady_steps = 0.0, 0  # calls after the first (compiled) one
+
+    def next_block(done: int) -> tuple[dict, int]:
+        block = rows.take(feed.rows(per_call))
+        if by_rows:
+            block = touched_levels(block, inv_pi_sizes)
+        n_active = min(per_call, cfg.num_steps - done)
+        block["active"] = np.arange(per_call) < n_active
+        return block, n_active
+
     with compile_timer() as ct:
+        block, n_active = next_block(0)
         while done < cfg.num_steps:
             t_call = time.perf_counter()
-            block = rows.take(feed.rows(per_call))
-            if by_rows:
-                block = touched_levels(block, inv_pi_sizes)
-            n_active = min(per_call, cfg.num_steps - done)
-            block["active"] = np.arange(per_call) < n_active
             state, loss = run_block(state, block, owned, inv_pi, offset_j)
-            losses.append(np.asarray(loss)[:n_active])
-            if done > 0:
+            before, done = done, done + n_active
+            if done < cfg.num_steps:
+                # the call runs asynchronously: cut the next block on the host meanwhile
+                block, n_active = next_block(done)
+            losses.append(np.asarray(loss)[: done - before])
+            if before > 0:
                 steady_s += time.perf_counter() - t_call
                 steady_steps += per_call
-            done += n_active
             if bar is not None:
-                bar.update(n_active)
+                bar.update(done - before)
             if evaluate is not None and (
-                done // cfg.eval_every > (done - n_active) // cfg.eval_every
-                or done >= cfg.num_steps
+                done // cfg.eval_every > before // cfg.eval_every or done >= cfg.num_steps
             ):
                 rmse, lpd = (float(x) for x in evaluate(state[0], held_batch, owned, offset_j))
                 monitor["step"].append(done)

@@ -155,6 +155,8 @@ def main() -> None:
         "device": jax.devices()[0].device_kind,
         "n_devices": jax.device_count(),
     }
+    if method == "svi_mb":  # dense passes or gathered rows (see bayesfm.minibatch)
+        out["update"] = model.timings_["minibatch_update"]
     print(json.dumps(out))
 
 

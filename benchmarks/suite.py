@@ -393,7 +393,7 @@ def part_coldstart(bfm, args, s: Settings, results: dict, save) -> None:
 
 
 SCALING_METHODS = ("gibbs", "svi", "svi_mb")
-SCALING_STEPS = {"gibbs": 20, "svi": 50, "svi_mb": 200}
+SCALING_STEPS = {"gibbs": 20, "svi": 50, "svi_mb": 1000}
 
 
 def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
@@ -477,6 +477,8 @@ def _scaling_lines(results: dict, gpu: dict) -> list[str]:
         parts = key.split("/")
         n = int(parts[2])
         label = parts[1] + (f" ({parts[3][0]} host devices)" if len(parts) > 3 else "")
+        if r.get("update"):
+            label += f" ({r['update']})"
         epoch = r.get("per_epoch_s", r.get("per_step_s"))
         lines.append(
             f"| {n:,} | {label} | {_fmt(r.get('per_step_s'), '.4f')} "
@@ -487,6 +489,7 @@ def _scaling_lines(results: dict, gpu: dict) -> list[str]:
             f"| {_fmt(g.get('per_epoch_s'), '.4f')} | {_fmt(g.get('predictions_per_s'), ',.0f')} "
             f"| {_fmt(g.get('device_peak_mib'), '.0f')} |"
         )
+    lines += _linearity_lines(scale)
     notes = sorted({r["note"] for r in scale.values() if r.get("note")})
     if notes or gpu.get("machine", {}).get("note"):
         lines.append("")
@@ -495,6 +498,42 @@ def _scaling_lines(results: dict, gpu: dict) -> list[str]:
         lines.append(f"- {keys}: {note}.")
     if gpu.get("machine", {}).get("note"):
         lines.append(f"- GPU: {gpu['machine']['note']}")
+    return lines
+
+
+def _linearity_lines(scale: dict) -> list[str]:
+    """How far each method's epoch time and memory are from linear in N (one device)."""
+    lines = ["", "How the cost grows with N (one device, smallest to largest N measured):", ""]
+    for method in SCALING_METHODS:
+        rows = sorted(
+            (int(k.split("/")[2]), v)
+            for k, v in scale.items()
+            if k.split("/")[1] == method and len(k.split("/")) == 3
+        )
+        if len(rows) < 2:
+            continue
+        (n0, r0), (n1, r1) = rows[0], rows[-1]
+        us0, us1 = (1e6 * r["per_epoch_s"] / n for n, r in ((n0, r0), (n1, r1)))
+        lines.append(
+            f"- {method}: epoch time per rating {us0:.3f} us at N = {n0:,} and {us1:.3f} us at "
+            f"{n1:,} (x{us1 / us0:.2f} for x{n1 // n0:,} the ratings; linear would be x1); "
+            f"peak RSS {r0['peak_rss_mib']:,.0f} to {r1['peak_rss_mib']:,.0f} MiB."
+        )
+    lines += [
+        "",
+        "Where it is not linear: a minibatch step (`svi_mb`) updates the parameters of every",
+        "user and item its batch touches (a fresh Gaussian draw, the KL and an Adam step for",
+        "each), so its cost follows the batch plus the distinct levels in it. A batch of",
+        "10,000 ratings touches all 1,500 levels at N = 1e5 but about 19,000 at N = 1e7, so",
+        "the step grows until the batch's distinct levels saturate near twice the batch size;",
+        "from there on the cost per rating is flat apart from cache misses in the",
+        "gathers and scatters as the tables outgrow the cache. The step uses dense passes",
+        "while users + items are at most 4 x the batch (O(batch + levels)) and gathers only",
+        "the touched rows above that (O(batch)); no operation in the compiled step touches a",
+        "whole table then. Gibbs and full-batch SVI are O(N) per pass; their cost per rating",
+        "drifts for the same cache reason. At the smallest N the memory is mostly the",
+        "compiled programs.",
+    ]
     return lines
 
 

@@ -107,6 +107,22 @@ def test_inclusion_weights_match_the_batch_feed():
     assert pi[-1] == pytest.approx(1.0, abs=1e-6)  # 52 of 60 rows: every batch of 10 holds one
 
 
+def test_touched_levels_index_the_batch_rows_exactly():
+    """Per batch: ``uniq`` holds each touched level once, then padding; ``uniq[position]``
+    gives back every row's level."""
+    rng = np.random.default_rng(1)
+    sizes = {"user": 40, "item": 7}
+    entity = {d: rng.integers(0, n, (3, 25)).astype(np.int32) for d, n in sizes.items()}
+    out = touched_levels({"entity": entity}, sizes)
+    for d, n in sizes.items():
+        for b in range(3):
+            uniq, position = out["uniq"][d][b], out["position"][d][b]
+            levels = np.unique(entity[d][b])
+            assert sorted(uniq[: len(levels)]) == list(levels)
+            assert np.all(uniq[len(levels) :] == n)  # out of range: gathers fill, scatters drop
+            np.testing.assert_array_equal(uniq[position], entity[d][b])
+
+
 @pytest.mark.parametrize("by_rows", [False, True])
 def test_a_step_moves_only_the_levels_its_batch_touches(synthetic_split, by_rows):
     data, train, _ = synthetic_split
