@@ -9,8 +9,10 @@ reduces over rows. The Gibbs sampler's per-level Gram sums are computed per devi
 
 The same code runs on one CPU, on several GPUs, and on several hosts: call
 ``jax.distributed.initialize()`` in every process first, and the mesh spans the devices of
-all of them (``jax.devices()``). On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=2``
-(set before JAX is imported) simulates two devices.
+all of them (``jax.devices()``). On CPU hosts, set ``jax_cpu_collectives_implementation``
+to ``"gloo"`` before that; tests/multihost_check.py runs two such processes. On one CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (set before JAX is imported)
+simulates two devices.
 """
 
 from __future__ import annotations

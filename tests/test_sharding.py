@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import bayesfm as bfm
 from bayesfm import sharding
 
 CHECK = Path(__file__).with_name("sharding_check.py")
+MULTIHOST = Path(__file__).with_name("multihost_check.py")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,51 @@ def test_nuts_chains_run_in_parallel_over_the_devices(two_device_results):
 def test_incompatible_settings_are_refused_with_two_devices(two_device_results):
     assert "minibatch SVI runs on one device" in two_device_results["minibatch_error"]
     assert "run the chains 'vectorized' or 'sequential'" in two_device_results["parallel_error"]
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    """Runs ``multihost_check.py`` as two processes joined by ``jax.distributed`` on a local
+    port: the multi-host set-up of docs/scaling.md, with one CPU device per process."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    logs = tmp_path_factory.mktemp("multihost")
+    # output goes to files, not pipes: a process blocked on a full pipe would stall the other
+    # one in a collective
+    files = [(open(logs / f"{i}.out", "w+"), open(logs / f"{i}.err", "w+")) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(MULTIHOST), str(i), str(port)], stdout=out, stderr=err, env=env
+        )
+        for i, (out, err) in enumerate(files)
+    ]
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    outs = []
+    for code, (out, err) in zip(codes, files, strict=True):
+        out.seek(0), err.seek(0)
+        assert code == 0, err.read()[-3000:]
+        outs.append(json.loads(out.read().strip().splitlines()[-1]))
+        out.close(), err.close()
+    return outs
+
+
+@pytest.mark.slow
+def test_rows_split_over_two_processes_fit_as_on_one_device(two_process_results):
+    first, second = two_process_results
+    assert [first["process"], second["process"]] == [0, 1]
+    for out in two_process_results:
+        assert (out["processes"], out["devices"], out["local_devices"]) == (2, 2, 1)
+        assert out["data_devices"] == 2  # "all" spans both processes
+        for quantity in ("svi_loss", "svi_predict", "gibbs_sigma", "gibbs_predict"):
+            assert out[quantity] < 1e-4, (quantity, out[quantity])
+    # both processes hold the same replicated posterior
+    assert first["gibbs_mean_prediction"] == second["gibbs_mean_prediction"]
 
 
 def test_pad_rows_masks_the_padding():
