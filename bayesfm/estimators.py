@@ -274,10 +274,11 @@ class BayesianFM:
             y_model = y_arr.astype(np.float32)
             offset = float(y_arr.mean())
         spec = self._model_spec(encoder, rank, prior, 0 if classes is None else len(classes))
-        if isinstance(cfg, GibbsConfig) and self.task != "regression":
+        if isinstance(cfg, GibbsConfig) and self.task == "binary" and self.link != "probit":
             raise ValueError(
-                f"inference: the Gibbs sampler supports task='regression' so far; got "
-                f"task={self.task!r}. Use inference='nuts' or 'svi' for this task"
+                f"link: got {self.link!r}; the Gibbs sampler needs link='probit' for the "
+                "binary task (its data augmentation is the probit's). Use inference='nuts' "
+                "or 'svi' for the logit link"
             )
         self._check_pointwise_size(cfg, len(X))
         n_dev = self._check_devices(cfg)

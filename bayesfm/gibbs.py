@@ -22,6 +22,11 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    (the ratings pin down the product of the two factor scales, not their ratio); a
    Metropolis chain on ``log c_f`` crosses it in one sweep (see :func:`scale_exchange`).
 
+For the binary (probit) and ordinal tasks each sweep starts with an Albert–Chib step (see
+:mod:`bayesfm.augment`): the cutpoints (ordinal) with the latent utilities integrated out,
+then the utilities from their truncated normals. Given the utilities, the blocks above are
+those of a regression with unit noise precision, and there is no noise step.
+
 The kernel exposes the same site names as :func:`bayesfm.fm.fm_model` (centred), so MCMC,
 ArviZ and all downstream code treat its draws like NUTS draws.
 """
@@ -38,6 +43,12 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from numpyro.infer.mcmc import MCMCKernel
 
+from .augment import (
+    CUTPOINT_PRIOR_SCALE,
+    truncated_normal,
+    update_cutpoints,
+    utility_bounds,
+)
 from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import cholesky, solve_lower, solve_lower_transpose
@@ -219,6 +230,11 @@ def _local_gram(z, t, levels, rows, n_levels: int):
     return gram, shift
 
 
+def _noise_precision(params) -> jnp.ndarray:
+    """tau of the regression; 1 for the probit tasks, whose utilities have unit variance."""
+    return params.get("noise_precision", jnp.float32(1.0))
+
+
 def _residual(params, data, offset, y, structure):
     lin, s, q = fm_components(params, data, structure)
     f = offset + params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
@@ -234,7 +250,7 @@ def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     z = jnp.concatenate([jnp.ones_like(resid)[:, None], a], axis=1)
     target = resid + params[f"w_{dim}"][idx] + jnp.sum(v_row * a, -1)
     gram, shift = _gram(plan["entity"][dim], z, target, n, mesh)
-    tau = params["noise_precision"]
+    tau = _noise_precision(params)
     prec, mean = _block_prior(params, dim)
     precision = tau * gram + jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(prec)
     return precision, tau * shift + prec * mean
@@ -311,7 +327,7 @@ def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term, mesh=None)
         eps_rest=er,
         prec=prec,
         mean=mean,
-        tau=params["noise_precision"],
+        tau=_noise_precision(params),
     )
     return stats, sums
 
@@ -409,7 +425,9 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
     structure, prior = spec.structure, spec.prior
     resid, *_ = _residual(params, data, offset, y, structure)
     n_rows = y.shape[0]
-    columns = [jnp.ones(n_rows)] + [jnp.ones(n_rows) for _ in structure.entities]
+    # the ordered probit has no global bias (the cutpoints absorb it): w0 stays 0
+    free_bias = spec.task != "ordinal"
+    columns = [jnp.ones(n_rows)] * free_bias + [jnp.ones(n_rows) for _ in structure.entities]
     for t in structure.terms:
         td = data["terms"][t.dim]
         n_units = n_rows if t.carrier == ROW else structure.n_levels(t.carrier)
@@ -419,21 +437,23 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
         columns.append(per_unit if t.carrier == ROW else per_unit[data["entity"][t.carrier]])
     design = jnp.stack(columns, axis=1)
     groups = structure.groups
-    beta = jnp.stack([params["w0"], *(params[f"w_mu_{g}"] for g in groups)])
+    beta = jnp.stack([params["w0"]] * free_bias + [params[f"w_mu_{g}"] for g in groups])
     prec = jnp.stack(
-        [jnp.float32(1.0 / prior.bias_scale**2)]
+        [jnp.float32(1.0 / prior.bias_scale**2)] * free_bias
         + [prior.gamma0 * params[f"w_lambda_{g}"] for g in groups]
     )
-    mean = jnp.concatenate([jnp.zeros(1), jnp.full(len(groups), prior.mu0)])
-    tau = params["noise_precision"]
+    mean = jnp.concatenate([jnp.zeros(int(free_bias)), jnp.full(len(groups), prior.mu0)])
+    tau = _noise_precision(params)
     target = resid + jnp.sum(design * beta, axis=1)
     if "row_mask" in data:  # padded rows add nothing
         design, target = design * data["row_mask"][:, None], target * data["row_mask"]
     gram = jnp.sum(design[:, :, None] * design[:, None, :], axis=0)
     shift = jnp.sum(design * target[:, None], axis=0)
     new = draw_gaussian(tau * gram + jnp.diag(prec), tau * shift + prec * mean, key, beta)
-    params = {**params, "w0": new[0]}
-    for i, g in enumerate(groups, start=1):
+    params = dict(params)
+    if free_bias:
+        params["w0"] = new[0]
+    for i, g in enumerate(groups, start=int(free_bias)):
         params[f"w_{g}"] = params[f"w_{g}"] + (new[i] - beta[i])
         params[f"w_mu_{g}"] = new[i]
     return params
@@ -454,7 +474,10 @@ def gibbs_sweep(
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
-    keys = iter(jax.random.split(key, 3 + 3 * len(structure.groups)))
+    keys = iter(jax.random.split(key, 6 + 3 * len(structure.groups)))
+    if spec.task != "regression":
+        # probit tasks: draw the utilities, then every block below is a unit-noise regression
+        params, y = _augment(params, data, offset, y, spec, next(keys), next(keys))
     for d, n in structure.entities:
         params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys), mesh)
     for term in structure.terms:
@@ -483,6 +506,15 @@ def gibbs_sweep(
             params[f"v_lambda_{b}"],
             next(keys),
         )
+    if spec.task == "ordinal":
+        for (d, _), k in zip(
+            structure.entities, jax.random.split(next(keys), len(structure.entities)), strict=True
+        ):
+            params = _cutpoint_shift(params, spec, d, k)
+        params.pop("w0")
+        return params
+    if spec.task == "binary":
+        return params
     resid, *_ = _residual(params, data, offset, y, structure)
     n_rows = y.shape[0]
     if "row_mask" in data:  # padded rows add nothing
@@ -493,6 +525,49 @@ def gibbs_sweep(
     params["noise_precision"] = tau
     params["sigma"] = 1.0 / jnp.sqrt(tau)
     return params
+
+
+def _cutpoint_shift(params, spec: ModelSpec, dim: str, key) -> dict:
+    """Exact draw along the ordinal model's location ridge through entity ``dim``.
+
+    Adding ``delta`` to every cutpoint, to every utility and to ``w_{dim}`` and its mean
+    ``w_mu_{dim}`` (each row holds one level of ``dim``) changes no likelihood term and no
+    deviation ``w - w_mu``; only the priors of ``c_0`` (Normal(0, 3) on the unconstrained
+    scale, where the gaps do not move) and of ``w_mu_{dim}`` see it. So ``delta`` has a
+    Gaussian conditional, drawn here (a translation-group move, Liu & Wu, 1999). Without it
+    the cutpoints and the bias means trade off by a slow random walk. The utilities are
+    redrawn at the start of the next sweep, so they are not stored.
+    """
+    prior = spec.prior
+    lam = prior.gamma0 * params[f"w_lambda_{dim}"]
+    c0, mu = params["cutpoints"][0], params[f"w_mu_{dim}"]
+    prec = 1.0 / CUTPOINT_PRIOR_SCALE**2 + lam
+    mean = (-c0 / CUTPOINT_PRIOR_SCALE**2 + lam * (prior.mu0 - mu)) / prec
+    delta = mean + jax.random.normal(key) / jnp.sqrt(prec)
+    return {
+        **params,
+        "cutpoints": params["cutpoints"] + delta,
+        f"w_mu_{dim}": mu + delta,
+        f"w_{dim}": params[f"w_{dim}"] + delta,
+    }
+
+
+def _augment(params, data, offset, labels, spec: ModelSpec, key_cut, key_util):
+    """Albert–Chib step of the probit tasks (see :mod:`bayesfm.augment`): the cutpoints
+    with the utilities integrated out (ordinal), then the utilities given everything.
+    Returns the parameters (with ``w0 = 0`` added for the ordinal task, which has no bias
+    site) and the utilities, which take the place of ``y`` for the rest of the sweep."""
+    params = dict(params)
+    if spec.task == "ordinal":
+        params["w0"] = jnp.zeros((), jnp.float32)
+    eta = -_residual(params, data, offset, jnp.float32(0.0), spec.structure)[0]
+    cutpoints = None
+    if spec.task == "ordinal":
+        weight = data.get("row_mask", 1.0)
+        cutpoints = update_cutpoints(key_cut, params["cutpoints"], eta, labels, weight)
+        params["cutpoints"] = cutpoints
+    lower, upper = utility_bounds(labels, spec.task, cutpoints)
+    return params, truncated_normal(key_util, eta, lower, upper)
 
 
 def scale_exchange(
@@ -549,7 +624,8 @@ def scale_exchange(
 
 
 class FMGibbs(MCMCKernel):
-    """Conjugate blocked Gibbs kernel for :func:`bayesfm.fm.fm_model` (regression task).
+    """Conjugate blocked Gibbs kernel for :func:`bayesfm.fm.fm_model`: regression, and the
+    binary (probit link) and ordinal tasks through probit data augmentation.
 
     Use it with :class:`numpyro.infer.MCMC` and ``jit_model_args=True``; the model arguments
     are ``(data, offset, y)`` where ``data`` also holds ``data["gibbs"] = gibbs_plan(...)``.
@@ -566,9 +642,10 @@ class FMGibbs(MCMCKernel):
     sample_field = "z"
 
     def __init__(self, spec: ModelSpec, mesh=None):
-        if spec.task != "regression":
+        if spec.task == "binary" and spec.link != "probit":
             raise ValueError(
-                f"task: got {spec.task!r}; the Gibbs sampler supports ['regression'] so far"
+                f"link: got {spec.link!r}; the Gibbs sampler needs link='probit' for the "
+                "binary task (its data augmentation is the probit's)"
             )
         self.spec = replace(spec, prior=replace(spec.prior, parametrization="centered"))
         self._model = partial(fm_model, spec=self.spec)
@@ -582,7 +659,8 @@ class FMGibbs(MCMCKernel):
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         k_init, k_run = jax.random.split(rng_key)
         z = dict(init_params) if init_params is not None else initial_values(self.spec, k_init)
-        z["sigma"] = 1.0 / jnp.sqrt(z["noise_precision"])
+        if self.spec.task == "regression":
+            z["sigma"] = 1.0 / jnp.sqrt(z["noise_precision"])
         return GibbsState(z, k_run)
 
     def sample(self, state, model_args, model_kwargs):

@@ -214,16 +214,11 @@ def test_gibbs_agrees_with_nuts(gibbs_fm, nuts_fm, synthetic_split):
     assert abs(np.mean(diff)) < 0.05
 
 
-def test_gibbs_rejects_unsupported_task_and_bad_config():
+def test_gibbs_rejects_bad_config():
     with pytest.raises(ValueError, match="num_samples: got 0"):
         bfm.GibbsConfig(num_samples=0)
     with pytest.raises(ValueError, match="chain_method: got 'threads'"):
         bfm.GibbsConfig(chain_method="threads")
-    X = pd.DataFrame({"user_id": [0, 1, 0], "item_id": [0, 0, 1]})
-    model = bfm.BayesianMF(rank=2, task="binary", inference="gibbs")
-    with pytest.raises(ValueError, match="Gibbs sampler supports task='regression'"):
-        model.fit(X, np.array([0, 1, 1]))
-    assert not hasattr(model, "draws_")
 
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
