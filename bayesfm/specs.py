@@ -530,7 +530,7 @@ def load_spec(path: str | os.PathLike[str]) -> ModelCard:
         model.pop("user")
         model.pop("item")
     prior = _read_prior(r, raw.get("prior", {}))
-    inference = _read_inference(r, raw["inference"], model["task"])
+    inference = _read_inference(r, raw["inference"], model["task"], model["link"])
     metrics = _read_metrics(r, raw.get("metrics", {}))
     return ModelCard(
         path=path,
@@ -684,7 +684,7 @@ def _read_prior(r: _Reader, raw: Any) -> PriorConfig:
         raise r.error(where, str(exc)) from None
 
 
-def _read_inference(r: _Reader, raw: Any, task: str) -> InferenceConfig:
+def _read_inference(r: _Reader, raw: Any, task: str, link: str) -> InferenceConfig:
     where = "[inference]"
     table = r.table(raw, where)
     method_key = _Key("str", required=True, choices=tuple(INFERENCE_CONFIGS))
@@ -696,11 +696,11 @@ def _read_inference(r: _Reader, raw: Any, task: str) -> InferenceConfig:
     cls = INFERENCE_CONFIGS[method]
     w = f"{where} (method = {method!r})"
     values = r.keys(table, _dataclass_keys(cls), w, fill=False)
-    if method == "gibbs" and task != "regression":
+    if method == "gibbs" and task == "binary" and link != "probit":
         raise r.error(
             where,
-            f"method = 'gibbs' supports task = 'regression' only; got task = {task!r}. "
-            "Use method = 'nuts' or 'svi'",
+            f"method = 'gibbs' needs link = 'probit' for task = 'binary'; got link = {link!r}. "
+            "Use method = 'nuts' or 'svi' for the logit link",
         )
     try:
         return cls(**values)

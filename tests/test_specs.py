@@ -219,10 +219,14 @@ def test_bad_method(tmp_path):
         load_spec(path)
 
 
-def test_gibbs_needs_regression(tmp_path):
-    path = _edit(tmp_path, "ml100k_mf", 'task = "regression"', 'task = "ordinal"')
-    with pytest.raises(SpecError, match=r"method = 'gibbs' supports task = 'regression' only"):
+def test_gibbs_needs_the_probit_link(tmp_path):
+    path = _edit(tmp_path, "ml100k_mf", 'task = "regression"', 'task = "binary"\nlink = "logit"')
+    with pytest.raises(
+        SpecError, match=r"method = 'gibbs' needs link = 'probit' for task = 'binary'; got link"
+    ):
         load_spec(path)
+    ordinal = _edit(tmp_path, "ml100k_mf", 'task = "regression"', 'task = "ordinal"', "o.toml")
+    assert load_spec(ordinal).model["task"] == "ordinal"  # Gibbs by probit augmentation
 
 
 def test_bad_field_type(tmp_path):
