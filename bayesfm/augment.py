@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 from numpyro.distributions.transforms import OrderedTransform
 
-from .fm import ordered_probit_log_probs
+from .fm import ordered_probit_log_lik
 
 __all__ = [
     "truncated_normal",
@@ -38,6 +38,9 @@ CUTPOINT_PRIOR_SCALE = 3.0
 _SLICE_WIDTH = 0.5
 _STEP_OUT = 16
 _SHRINK = 40
+# below this standardized bound the inverse CDF loses precision in float32
+_TAIL = -8.0
+_TAIL_TRIES = 50
 
 
 def truncated_normal(
@@ -45,22 +48,55 @@ def truncated_normal(
 ) -> jnp.ndarray:
     """Draw ``N(mean, 1)`` truncated to ``(lower, upper)`` elementwise (bounds may be inf).
 
-    Inverse CDF, computed in the left tail (an interval right of the mean is mirrored) where
-    ``ndtr`` keeps its relative precision. When both bounds lie so deep in the tail that
-    their probabilities underflow, the exponential tail approximation
-    ``bound - Exp(1) / |bound|`` is used instead.
+    An interval right of the mean is mirrored, so that the standardized interval ``(lo, hi)``
+    always has ``lo <= 0`` or lies left of 0. There the inverse CDF is accurate while
+    ``hi >= -8``; deeper in the tail (where float32 ``ndtr`` goes subnormal and then to 0)
+    an exact rejection sampler on the mirrored tail is used instead (:func:`_tail_normal`).
     """
     a, b = lower - mean, upper - mean
     mirror = a > 0
-    lo, hi = jnp.where(mirror, -b, a), jnp.where(mirror, -a, b)  # now hi <= 0 or lo < 0
-    k_u, k_e = jax.random.split(key)
+    lo, hi = jnp.where(mirror, -b, a), jnp.where(mirror, -a, b)
+    k_u, k_tail = jax.random.split(key)
     u = jax.random.uniform(k_u, jnp.shape(mean), minval=1e-7, maxval=1.0 - 1e-7)
     p_lo, p_hi = ndtr(lo), ndtr(hi)
     z = ndtri(p_lo + u * (p_hi - p_lo))
-    tail = hi - jax.random.exponential(k_e, jnp.shape(mean)) / jnp.maximum(-hi, 1.0)
-    z = jnp.where((p_hi - p_lo > 0) & jnp.isfinite(z), z, tail)
-    z = jnp.clip(z, lo, hi)
+    deep = hi < _TAIL
+    # the tail sampler works on (-hi, -lo), right of 8; elsewhere give it a harmless interval
+    tail = -_tail_normal(k_tail, jnp.where(deep, -hi, -_TAIL), jnp.where(deep, -lo, jnp.inf))
+    z = jnp.clip(jnp.where(deep, tail, z), lo, hi)
     return mean + jnp.where(mirror, -z, z)
+
+
+def _tail_normal(key: jax.Array, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """Exact draws of ``N(0, 1)`` truncated to ``(a, b)`` with ``a >= 8`` (Robert, 1995).
+
+    Per element: a translated-exponential proposal ``a + Exp(a)``, accepted with probability
+    ``exp(-(x - a)^2 / 2)`` (and ``x < b``), or, for a narrow interval (``a (b - a) < 1``),
+    a uniform proposal on ``(a, b)`` accepted with ``exp(-(x^2 - a^2) / 2)``. Both accept
+    with probability above 1/3 here; rejected elements are proposed again, all at once, up to
+    ``_TAIL_TRIES`` times (a miss after that has odds below 1e-20 and keeps ``a``).
+    """
+    narrow = a * (b - a) < 1.0
+
+    def propose(k):
+        k_e, k_x, k_u = jax.random.split(k, 3)
+        e, u = jax.random.exponential(k_e, a.shape), jax.random.uniform(k_x, a.shape)
+        x = jnp.where(narrow, a + (jnp.minimum(b, a + 1.0) - a) * u, a + e / a)
+        log_acc = jnp.where(narrow, -0.5 * (x * x - a * a), -0.5 * (x - a) ** 2)
+        ok = (jnp.log(jax.random.uniform(k_u, a.shape)) < log_acc) & (x < b)
+        return x, ok
+
+    def body(carry):
+        x, done, k, n = carry
+        k, sub = jax.random.split(k)
+        cand, ok = propose(sub)
+        return jnp.where(done, x, cand), done | ok, k, n + 1
+
+    def cond(carry):
+        return ~jnp.all(carry[1]) & (carry[3] < _TAIL_TRIES)
+
+    init = (a, jnp.zeros(a.shape, bool), key, jnp.int32(0))
+    return jax.lax.while_loop(cond, body, init)[0]
 
 
 def utility_bounds(y: jnp.ndarray, task: str, cutpoints: jnp.ndarray | None = None):
@@ -79,11 +115,16 @@ def cutpoint_log_target(
     """Log density of the unconstrained cutpoints ``x`` given ``eta``, utilities integrated
     out: the model's ``Normal(0, 3)`` prior on ``x`` plus the ordered-probit likelihood.
     ``weight`` (0 or 1 per row) drops padded rows."""
-    c = OrderedTransform()(x)
-    log_probs = ordered_probit_log_probs(eta, c)
-    loglik = jnp.take_along_axis(log_probs, y.astype(jnp.int32)[:, None], axis=-1)[:, 0]
-    prior = -0.5 * jnp.sum((x / CUTPOINT_PRIOR_SCALE) ** 2)
-    return prior + jnp.sum(weight * loglik)
+    return _log_prior(x) + jnp.sum(_row_log_lik(x, eta, y, weight))
+
+
+def _log_prior(x: jnp.ndarray) -> jnp.ndarray:
+    return -0.5 * jnp.sum((x / CUTPOINT_PRIOR_SCALE) ** 2)
+
+
+def _row_log_lik(x, eta, y, weight):
+    loglik = ordered_probit_log_lik(eta, OrderedTransform()(x), y)
+    return jnp.where(jnp.asarray(weight) > 0, loglik, 0.0)
 
 
 def _slice_coordinate(key, x, i, log_target):
@@ -105,7 +146,7 @@ def _slice_coordinate(key, x, i, log_target):
     def step_out(bound, direction, limit):
         def cond(carry):
             b, n = carry
-            return (n < limit) & (at(b) > level)
+            return (n < limit) & (at(b) >= level)
 
         def body(carry):
             return carry[0] + direction * _SLICE_WIDTH, carry[1] + 1
@@ -118,7 +159,7 @@ def _slice_coordinate(key, x, i, log_target):
         lo, hi, _, _, n, k = carry
         k, sub = jax.random.split(k)
         cand = lo + (hi - lo) * jax.random.uniform(sub)
-        inside = at(cand) > level
+        inside = at(cand) >= level
         lo = jnp.where(~inside & (cand < x0), cand, lo)
         hi = jnp.where(~inside & (cand >= x0), cand, hi)
         return lo, hi, cand, inside, n + 1, k
@@ -129,7 +170,8 @@ def _slice_coordinate(key, x, i, log_target):
     *_, cand, found, _, _ = jax.lax.while_loop(
         cond, shrink, (left, right, x0, jnp.bool_(False), jnp.int32(0), k_shrink)
     )
-    # after _SHRINK rejections the bracket has closed on x0: keeping x0 changes nothing
+    # capping the tries keeps detailed balance: a move x0 -> x1 that takes k tries has a
+    # mirror move x1 -> x0 that takes as many, so the cap removes both alike
     return x.at[i].set(jnp.where(found, cand, x0))
 
 
@@ -141,13 +183,24 @@ def update_cutpoints(
     weight: jnp.ndarray | float = 1.0,
 ) -> jnp.ndarray:
     """One slice-sampling sweep over the unconstrained cutpoints, utilities integrated out;
-    returns the new (ordered) cutpoints."""
+    returns the new (ordered) cutpoints.
+
+    Each coordinate's slice compares log densities *relative to the current point*, summed
+    row by row: the absolute log likelihood is about -N, whose float32 rounding (a whole nat
+    at N = 1e7) would otherwise swamp the slice level's Exp(1) draw and bias the chain.
+    """
     transform = OrderedTransform()
-    x = transform.inv(cutpoints)
 
-    def log_target(x):
-        return cutpoint_log_target(x, eta, y, weight)
+    def coordinate(i, carry):
+        x, key = carry
+        key, sub = jax.random.split(key)
+        base_prior, base_rows = _log_prior(x), _row_log_lik(x, eta, y, weight)
 
-    for i, k in enumerate(jax.random.split(key, x.shape[0])):
-        x = _slice_coordinate(k, x, i, log_target)
+        def relative(x_new):
+            rows = _row_log_lik(x_new, eta, y, weight) - base_rows
+            return _log_prior(x_new) - base_prior + jnp.sum(rows)
+
+        return _slice_coordinate(sub, x, i, relative), key
+
+    x, _ = jax.lax.fori_loop(0, cutpoints.shape[0], coordinate, (transform.inv(cutpoints), key))
     return transform(x)

@@ -230,14 +230,19 @@ def _local_gram(z, t, levels, rows, n_levels: int):
     return gram, shift
 
 
-def _noise_precision(params) -> jnp.ndarray:
+def _noise_precision(params, task: str) -> jnp.ndarray:
     """tau of the regression; 1 for the probit tasks, whose utilities have unit variance."""
-    return params.get("noise_precision", jnp.float32(1.0))
+    return params["noise_precision"] if task == "regression" else jnp.float32(1.0)
+
+
+def _bias(params) -> jnp.ndarray:
+    """The global bias; the ordered probit has none (its cutpoints absorb it)."""
+    return params.get("w0", jnp.float32(0.0))
 
 
 def _residual(params, data, offset, y, structure):
     lin, s, q = fm_components(params, data, structure)
-    f = offset + params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
+    f = offset + _bias(params) + lin + 0.5 * (jnp.sum(s * s, -1) - q)
     return y - f, lin, s, q
 
 
@@ -250,7 +255,7 @@ def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     z = jnp.concatenate([jnp.ones_like(resid)[:, None], a], axis=1)
     target = resid + params[f"w_{dim}"][idx] + jnp.sum(v_row * a, -1)
     gram, shift = _gram(plan["entity"][dim], z, target, n, mesh)
-    tau = _noise_precision(params)
+    tau = _noise_precision(params, spec.task)
     prec, mean = _block_prior(params, dim)
     precision = tau * gram + jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(prec)
     return precision, tau * shift + prec * mean
@@ -308,7 +313,9 @@ def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term, mesh=None)
         cidx = data["entity"][term.carrier]
         b_row, l_row, q_row = (x[cidx] for x in sums)
     rest = s - b_row
-    eps = y - offset - params["w0"] - (lin - l_row) - 0.5 * (jnp.sum(rest * rest, -1) - (q - q_row))
+    eps = (
+        y - offset - _bias(params) - (lin - l_row) - 0.5 * (jnp.sum(rest * rest, -1) - (q - q_row))
+    )
     if row_carried:
         count, r1, e1, er, quad = jnp.ones_like(eps), rest, eps, eps[:, None] * rest, None
     else:
@@ -327,7 +334,7 @@ def _term_setup(params, data, plan, offset, y, spec: ModelSpec, term, mesh=None)
         eps_rest=er,
         prec=prec,
         mean=mean,
-        tau=_noise_precision(params),
+        tau=_noise_precision(params, spec.task),
     )
     return stats, sums
 
@@ -420,14 +427,15 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
     ``(w0, mu_1, ..., mu_G)`` with regressors ``(1, sum_{j in g} x_nj ...)``. The likelihood
     only sees ``w0 + sum_g mu_g`` along a ridge for one-hot fields, which single-site updates
     cross slowly; this move (an exact Gibbs step in the ``(mu, d)`` coordinates, a
-    unit-Jacobian shear) crosses it in one draw.
+    unit-Jacobian shear) crosses it in one draw. The ordered probit has no ``w0``; its ridge
+    with the cutpoints is crossed by :func:`_cutpoint_shift`.
     """
     structure, prior = spec.structure, spec.prior
     resid, *_ = _residual(params, data, offset, y, structure)
     n_rows = y.shape[0]
-    # the ordered probit has no global bias (the cutpoints absorb it): w0 stays 0
-    free_bias = spec.task != "ordinal"
-    columns = [jnp.ones(n_rows)] * free_bias + [jnp.ones(n_rows) for _ in structure.entities]
+    # the ordered probit has no global bias (the cutpoints absorb it)
+    has_bias = spec.task != "ordinal"
+    columns = [jnp.ones(n_rows) for _ in range(int(has_bias) + len(structure.entities))]
     for t in structure.terms:
         td = data["terms"][t.dim]
         n_units = n_rows if t.carrier == ROW else structure.n_levels(t.carrier)
@@ -437,13 +445,12 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
         columns.append(per_unit if t.carrier == ROW else per_unit[data["entity"][t.carrier]])
     design = jnp.stack(columns, axis=1)
     groups = structure.groups
-    beta = jnp.stack([params["w0"]] * free_bias + [params[f"w_mu_{g}"] for g in groups])
-    prec = jnp.stack(
-        [jnp.float32(1.0 / prior.bias_scale**2)] * free_bias
-        + [prior.gamma0 * params[f"w_lambda_{g}"] for g in groups]
-    )
-    mean = jnp.concatenate([jnp.zeros(int(free_bias)), jnp.full(len(groups), prior.mu0)])
-    tau = _noise_precision(params)
+    bias = [params["w0"]] if has_bias else []
+    beta = jnp.stack(bias + [params[f"w_mu_{g}"] for g in groups])
+    bias_prec = [jnp.float32(1.0 / prior.bias_scale**2)] if has_bias else []
+    prec = jnp.stack(bias_prec + [prior.gamma0 * params[f"w_lambda_{g}"] for g in groups])
+    mean = jnp.concatenate([jnp.zeros(len(bias)), jnp.full(len(groups), prior.mu0)])
+    tau = _noise_precision(params, spec.task)
     target = resid + jnp.sum(design * beta, axis=1)
     if "row_mask" in data:  # padded rows add nothing
         design, target = design * data["row_mask"][:, None], target * data["row_mask"]
@@ -451,9 +458,9 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
     shift = jnp.sum(design * target[:, None], axis=0)
     new = draw_gaussian(tau * gram + jnp.diag(prec), tau * shift + prec * mean, key, beta)
     params = dict(params)
-    if free_bias:
+    if has_bias:
         params["w0"] = new[0]
-    for i, g in enumerate(groups, start=int(free_bias)):
+    for i, g in enumerate(groups, start=len(bias)):
         params[f"w_{g}"] = params[f"w_{g}"] + (new[i] - beta[i])
         params[f"w_mu_{g}"] = new[i]
     return params
@@ -474,6 +481,8 @@ def gibbs_sweep(
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
+    # per group: its update and two Normal-Gamma draws; then the probit step (2), the
+    # intercepts, the scale exchange, and the noise or the cutpoint shifts
     keys = iter(jax.random.split(key, 6 + 3 * len(structure.groups)))
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
@@ -507,23 +516,19 @@ def gibbs_sweep(
             next(keys),
         )
     if spec.task == "ordinal":
-        for (d, _), k in zip(
-            structure.entities, jax.random.split(next(keys), len(structure.entities)), strict=True
-        ):
+        shift_keys = jax.random.split(next(keys), len(structure.entities))
+        for (d, _), k in zip(structure.entities, shift_keys, strict=True):
             params = _cutpoint_shift(params, spec, d, k)
-        params.pop("w0")
-        return params
-    if spec.task == "binary":
-        return params
-    resid, *_ = _residual(params, data, offset, y, structure)
-    n_rows = y.shape[0]
-    if "row_mask" in data:  # padded rows add nothing
-        resid, n_rows = resid * data["row_mask"], jnp.sum(data["row_mask"])
-    shape = prior.noise_alpha + 0.5 * n_rows
-    rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
-    tau = jax.random.gamma(next(keys), shape) / rate
-    params["noise_precision"] = tau
-    params["sigma"] = 1.0 / jnp.sqrt(tau)
+    if spec.task == "regression":
+        resid, *_ = _residual(params, data, offset, y, structure)
+        n_rows = y.shape[0]
+        if "row_mask" in data:  # padded rows add nothing
+            resid, n_rows = resid * data["row_mask"], jnp.sum(data["row_mask"])
+        shape = prior.noise_alpha + 0.5 * n_rows
+        rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
+        tau = jax.random.gamma(next(keys), shape) / rate
+        params["noise_precision"] = tau
+        params["sigma"] = 1.0 / jnp.sqrt(tau)
     return params
 
 
@@ -555,11 +560,9 @@ def _cutpoint_shift(params, spec: ModelSpec, dim: str, key) -> dict:
 def _augment(params, data, offset, labels, spec: ModelSpec, key_cut, key_util):
     """Albert–Chib step of the probit tasks (see :mod:`bayesfm.augment`): the cutpoints
     with the utilities integrated out (ordinal), then the utilities given everything.
-    Returns the parameters (with ``w0 = 0`` added for the ordinal task, which has no bias
-    site) and the utilities, which take the place of ``y`` for the rest of the sweep."""
+    Returns the parameters and the utilities, which take the place of ``y`` for the rest of
+    the sweep."""
     params = dict(params)
-    if spec.task == "ordinal":
-        params["w0"] = jnp.zeros((), jnp.float32)
     eta = -_residual(params, data, offset, jnp.float32(0.0), spec.structure)[0]
     cutpoints = None
     if spec.task == "ordinal":

@@ -37,6 +37,9 @@ SIDE = [
         (-9.0, 0.0, np.inf),  # deep upper tail: plain inverse CDF loses all precision
         (7.5, -np.inf, 0.0),  # deep lower tail
         (2.0, 1.999, 2.001),  # a narrow class interval
+        (13.0, -np.inf, 0.0),  # 13 sd: float32 ndtr is subnormal there
+        (0.0, 13.1, 13.2),  # narrow and deep
+        (-20.0, 0.0, np.inf),
     ],
 )
 def test_truncated_normal_has_the_analytic_moments(mean, lower, upper):
