@@ -492,14 +492,19 @@ def _scaling_lines(results: dict, gpu: dict) -> list[str]:
             f"| {_fmt(g.get('device_peak_mib'), '.0f')} |"
         )
     lines += _linearity_lines(scale)
-    notes = sorted({r["note"] for r in scale.values() if r.get("note")})
-    if notes or gpu.get("machine", {}).get("note"):
-        lines.append("")
-    for note in notes:
-        keys = ", ".join(k.split("/", 1)[1] for k in sorted(scale) if scale[k].get("note") == note)
-        lines.append(f"- {keys}: {note}.")
+    lines += _note_lines(scale)
     if gpu.get("machine", {}).get("note"):
-        lines.append(f"- GPU: {gpu['machine']['note']}")
+        lines += ["", f"- GPU: {gpu['machine']['note']}"]
+    return lines
+
+
+def _note_lines(rows: dict) -> list[str]:
+    """One bullet per distinct ``note`` of the result rows, naming the rows it applies to."""
+    notes = sorted({r["note"] for r in rows.values() if r.get("note")})
+    lines = [""] if notes else []
+    for note in notes:
+        keys = ", ".join(k.split("/", 1)[1] for k in sorted(rows) if rows[k].get("note") == note)
+        lines.append(f"- {keys}: {note}.")
     return lines
 
 
@@ -669,6 +674,7 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
             f"| {ms('fit_s', '.1f')} | {ms('ratio_sampling', '.2f')} "
             f"| {ms('ratio_excl_compile', '.2f')} |"
         )
+    lines += _note_lines(acc)
     cold = {k: v for k, v in results.items() if k.startswith("coldstart/")}
     if cold:
         any_row = next(iter(cold.values()))
