@@ -408,31 +408,36 @@ def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
         runs += [
             (n, m, 2) for n in args.scaling_n_2dev for m in args.scaling_methods if m != "svi_mb"
         ]
-    for n, method, devices in runs:
+
+    def launch(n: int, method: str, devices: int) -> subprocess.Popen:
         steps = 2 if args.quick else SCALING_STEPS[method]
         env = dict(os.environ)
         if devices > 1:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.scaling_run",
-                str(n),
-                method,
-                str(steps),
-                str(devices),
-            ],
-            capture_output=True,
+        command = ["benchmarks.scaling_run", str(n), method, str(steps), str(devices)]
+        return subprocess.Popen(
+            [sys.executable, "-m", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
             env=env,
         )
-        if done.returncode != 0:
-            print(done.stderr[-3000:], flush=True)
+
+    def collect(proc: subprocess.Popen, n: int, method: str, devices: int) -> None:
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            print(stderr[-3000:], flush=True)
             raise SystemExit(f"scaling run n={n} method={method} devices={devices} failed")
         suffix = "" if devices == 1 else f"/{devices}dev"
-        save(f"scaling/{method}/{n}{suffix}", json.loads(done.stdout.strip().splitlines()[-1]))
+        save(f"scaling/{method}/{n}{suffix}", json.loads(stdout.strip().splitlines()[-1]))
+
+    if args.quick:  # the figures do not matter there: run the processes side by side
+        for proc, run in [(launch(*run), run) for run in runs]:
+            collect(proc, *run)
+    else:  # one at a time, so that each is timed alone
+        for run in runs:
+            collect(launch(*run), *run)
 
 
 # ------------------------------------------------------------------------------ doc
