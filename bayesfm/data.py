@@ -48,12 +48,26 @@ class Field:
 
     @property
     def dim(self) -> str:
-        """Name of the field's dimension in the posterior (``user_id`` -> ``user``)."""
+        """Name of the field's dimension in the posterior (``user_id`` -> ``user``).
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.Categorical("user_id").dim, bfm.Categorical("zip", name="zipcode").dim
+        ('user', 'zipcode')
+        """
         return self.name or _dim_from_column(self.column)
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Columns of the input table this field reads."""
+        """Columns of the input table this field reads.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.Numeric("age", owner="user_id").columns
+        ('age',)
+        """
         return (self.column,)
 
 
@@ -74,8 +88,11 @@ class Categorical(Field):
 
     Examples
     --------
-    >>> Categorical("user_id").dim
+    >>> import bayesfm as bfm
+    >>> bfm.Categorical("user_id").dim
     'user'
+    >>> bfm.Categorical("occupation", owner="user_id").owner
+    'user_id'
     """
 
 
@@ -83,9 +100,20 @@ class Categorical(Field):
 class Numeric(Field):
     """Numeric field, standardized with the training mean and standard deviation.
 
+    Parameters
+    ----------
+    column : str
+        Column of the input table; its values must be numbers.
+    owner : str, optional
+        Column of the entity this attribute belongs to (for example ``"user_id"`` for an
+        age); owned features are aggregated once per entity.
+    name : str, optional
+        Dimension name in the posterior; defaults to the column.
+
     Examples
     --------
-    >>> Numeric("age", owner="user_id").dim
+    >>> import bayesfm as bfm
+    >>> bfm.Numeric("age", owner="user_id").dim
     'age'
     """
 
@@ -98,13 +126,23 @@ class MultiHot(Field):
 
     Parameters
     ----------
+    column : str
+        Column of the input table.
+    owner : str, optional
+        Column of the entity this attribute belongs to (for example ``"item_id"`` for the
+        genres of a movie); owned features are aggregated once per entity.
+    name : str, optional
+        Dimension name in the posterior; defaults to the column.
     sep : str
         Delimiter used when the column holds strings.
 
     Examples
     --------
-    >>> MultiHot("genres", owner="item_id").dim
+    >>> import bayesfm as bfm
+    >>> bfm.MultiHot("genres", owner="item_id").dim
     'genres'
+    >>> bfm.MultiHot("tags", sep=",").sep
+    ','
     """
 
     sep: str = "|"
@@ -117,9 +155,19 @@ class Implicit(Field):
     Each member gets the value ``1 / sqrt(len(set))``. ``Implicit(owner="item_id",
     members="user_id")`` is the "flipped" variant (the users who rated each item).
 
+    Parameters
+    ----------
+    owner : str
+        Column of the entity whose sets are built (an entity field of the spec).
+    members : str
+        Column of the entity that makes up the sets (an entity field of the spec).
+    name : str, optional
+        Dimension name in the posterior; defaults to ``implicit_<members without _id>``.
+
     Examples
     --------
-    >>> Implicit(owner="user_id", members="item_id").dim
+    >>> import bayesfm as bfm
+    >>> bfm.Implicit(owner="user_id", members="item_id").dim
     'implicit_item'
     """
 
@@ -133,10 +181,26 @@ class Implicit(Field):
 
     @property
     def dim(self) -> str:
+        """Name of the field's dimension in the posterior (``implicit_<members>``).
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.Implicit(owner="item_id", members="user_id").dim
+        'implicit_user'
+        """
         return self.name or f"implicit_{_dim_from_column(self.members)}"
 
     @property
     def columns(self) -> tuple[str, ...]:
+        """Columns of the input table this field reads: the owner and the members.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.Implicit(owner="user_id", members="item_id").columns
+        ('user_id', 'item_id')
+        """
         return (self.owner, self.members)
 
 
@@ -148,11 +212,21 @@ class FeatureSpec:
     fields : sequence of Field
         ``Categorical``, ``Numeric``, ``MultiHot`` and ``Implicit`` fields.
 
+    Raises
+    ------
+    ValueError
+        No fields, duplicate field names, no entity field (a ``Categorical`` without an
+        owner), or an ``owner`` / ``members`` that is not an entity field of the spec.
+    TypeError
+        An element of ``fields`` is not a field.
+
     Examples
     --------
-    >>> spec = FeatureSpec([Categorical("user_id"), Categorical("item_id")])
+    >>> import bayesfm as bfm
+    >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id"),
+    ...                         bfm.MultiHot("genres", owner="item_id")])
     >>> [f.dim for f in spec.fields]
-    ['user', 'item']
+    ['user', 'item', 'genres']
     """
 
     def __init__(self, fields: Sequence[Field]) -> None:
@@ -199,7 +273,16 @@ class FeatureSpec:
 
     @property
     def columns(self) -> list[str]:
-        """All input columns the spec reads, in order, without duplicates."""
+        """All input columns the spec reads, in order, without duplicates.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id"),
+        ...                         bfm.Implicit(owner="user_id", members="item_id")])
+        >>> spec.columns
+        ['user_id', 'item_id']
+        """
         out: list[str] = []
         for f in self.fields:
             for c in f.columns:
@@ -208,7 +291,20 @@ class FeatureSpec:
         return out
 
     def to_dict(self) -> list[dict[str, Any]]:
-        """A JSON-serializable description, inverse of :meth:`from_dict`."""
+        """A JSON-serializable description, inverse of :meth:`from_dict`.
+
+        Returns
+        -------
+        list of dict
+            One dict per field: ``type``, ``owner``, ``name`` and ``column`` (``members``
+            for implicit fields, plus ``sep`` for multi-hot ones).
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.FeatureSpec([bfm.Categorical("user_id")]).to_dict()
+        [{'type': 'Categorical', 'owner': None, 'name': None, 'column': 'user_id'}]
+        """
         out = []
         for f in self.fields:
             d: dict[str, Any] = {"type": type(f).__name__, "owner": f.owner, "name": f.name}
@@ -223,7 +319,30 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, items: Sequence[dict[str, Any]]) -> FeatureSpec:
-        """Rebuild a spec written by :meth:`to_dict`."""
+        """Rebuild a spec written by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        items : sequence of dict
+            Field descriptions as written by :meth:`to_dict`.
+
+        Returns
+        -------
+        FeatureSpec
+            The rebuilt spec.
+
+        Raises
+        ------
+        ValueError
+            An unknown field ``type``.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Numeric("age")])
+        >>> bfm.FeatureSpec.from_dict(spec.to_dict()) == spec
+        True
+        """
         kinds = {"Categorical": Categorical, "Numeric": Numeric, "MultiHot": MultiHot}
         fields: list[Field] = []
         for d in items:

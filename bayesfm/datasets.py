@@ -226,6 +226,12 @@ def download_movielens_100k(
     Notes
     -----
     The MovieLens license forbids redistributing the data; keep the downloaded copy local.
+
+    Examples
+    --------
+    >>> from bayesfm.datasets import download_movielens_100k, load_movielens_100k
+    >>> folder = download_movielens_100k("~/data")  # doctest: +SKIP
+    >>> train, test = load_movielens_100k(folder, split="ua")  # doctest: +SKIP
     """
     dest = Path(dest_dir).expanduser()
     target = dest / _ML100K_DIRNAME
@@ -339,6 +345,7 @@ def load_movielens_100k(
 
     Examples
     --------
+    >>> from bayesfm.datasets import load_movielens_100k
     >>> train, test = load_movielens_100k("data/ml-100k", split="ua")  # doctest: +SKIP
     >>> ratings = load_movielens_100k(split=None, download=True)  # doctest: +SKIP
     """
@@ -386,7 +393,7 @@ _GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
 class SyntheticData:
     """Ratings drawn from a planted factorization machine.
 
-    Attributes
+    Parameters
     ----------
     X : pandas.DataFrame
         Features, one row per observation: ``user_id``, ``item_id`` and, with side
@@ -399,6 +406,15 @@ class SyntheticData:
         The planted parameters; see :func:`make_synthetic`.
     noise_sd : float
         Standard deviation of the observation noise.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> data = bfm.datasets.make_synthetic(n_users=20, n_items=15, n_obs=300, seed=0)
+    >>> data.X.columns.tolist()
+    ['user_id', 'item_id', 'occupation', 'age', 'genres']
+    >>> data.y.shape, data.noise_sd
+    ((300,), 0.5)
     """
 
     X: pd.DataFrame
@@ -518,6 +534,7 @@ def make_synthetic(
 
     Examples
     --------
+    >>> from bayesfm.datasets import make_synthetic
     >>> data = make_synthetic(n_users=50, n_items=40, n_obs=500, seed=1)
     >>> data.X.shape, data.y.shape
     ((500, 5), (500,))
@@ -643,6 +660,7 @@ def make_toy_mf() -> tuple[pd.DataFrame, np.ndarray]:
 
     Examples
     --------
+    >>> from bayesfm.datasets import make_toy_mf
     >>> X, y = make_toy_mf()
     >>> X.assign(rating=y)
       user_id item_id  rating

@@ -54,7 +54,21 @@ COLUMNS = [
 
 
 class ConvergenceWarning(UserWarning):
-    """A fit failed a convergence check; see ``model.diagnose()``."""
+    """A fit failed a convergence check; see ``model.diagnose()``.
+
+    MCMC fits warn once, summarizing the failed rows of the diagnostics table. Turn it
+    into an error to stop a pipeline on unconverged fits.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import bayesfm as bfm
+    >>> issubclass(bfm.diagnostics.ConvergenceWarning, UserWarning)
+    True
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", bfm.diagnostics.ConvergenceWarning)
+    ...     table = model.diagnose()  # a refit here would raise instead of warning
+    """
 
 
 # ------------------------------------------------------------------------- probe set
@@ -71,7 +85,32 @@ def probe_table(
     column and every column owned by the item) of another, for pairs absent from training.
     They need at least two one-hot entity fields; otherwise only observed rows are used.
 
-    Returns the spec's columns plus ``probe_kind`` (``"observed"`` / ``"unobserved"``).
+    Parameters
+    ----------
+    X : pandas.DataFrame
+        The training table.
+    encoder : FittedEncoder
+        The fitted encoder of the model (``model.encoder_``).
+    n_observed : int
+        Training rows to draw.
+    n_unobserved : int
+        Unobserved cells to build (fewer if too few absent pairs are found).
+    seed : int
+        Seed of the choice.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The spec's columns plus ``probe_kind`` (``"observed"`` / ``"unobserved"``).
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> probe = bfm.diagnostics.probe_table(X, model.encoder_, n_observed=5, n_unobserved=5)
+    >>> probe["probe_kind"].value_counts().sort_index().to_dict()
+    {'observed': 5, 'unobserved': 5}
+    >>> probe.columns.tolist()
+    ['user_id', 'item_id', 'occupation', 'age', 'genres', 'probe_kind']
     """
     spec = encoder.spec
     cols = spec.columns
@@ -142,6 +181,28 @@ def identified_quantities(posterior: xr.Dataset, features: FeatureSpec) -> xr.Da
       weights do not sum to one) also keep ``w_mu_g``;
     - numeric fields (one level each): their weight ``w_g``;
     - ``probe``: the latent mean on the probe cells.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        The ``posterior`` group of a fit (``model.idata_.posterior``).
+    features : FeatureSpec
+        The model's feature spec.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per identified quantity, with dims ``(chain, draw)`` (and the probe
+        cells for ``probe``).
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> ident = bfm.diagnostics.identified_quantities(model.idata_.posterior, model.features)
+    >>> list(ident.data_vars)[:2]
+    ['sigma', 'location']
+    >>> ident["sigma"].dims
+    ('chain', 'draw')
     """
     shift_groups = [f.dim for f in features.fields if isinstance(f, Categorical | MultiHot)]
     out: dict[str, xr.DataArray] = {}
@@ -207,13 +268,17 @@ def _rows(ds: xr.Dataset, kinds: dict[str, str]) -> list[dict[str, Any]]:
 
 def _flag_convergence(row: dict[str, Any], n_chains: int) -> dict[str, Any]:
     reasons = []
-    if not (row["r_hat"] < RHAT_MAX):
+    # one chain has no R-hat (NaN): judge it by its ESS alone, and say so
+    if n_chains > 1 and not (row["r_hat"] < RHAT_MAX):
         reasons.append(f"R-hat {row['r_hat']:.3f} >= {RHAT_MAX}")
     need = ESS_PER_CHAIN_MIN * n_chains
     for key, label in (("ess_bulk", "bulk ESS"), ("ess_tail", "tail ESS")):
         if not (row[key] > need):
             reasons.append(f"{label} {row[key]:.0f} <= {need} ({ESS_PER_CHAIN_MIN} per chain)")
-    return {**row, "flag": "warn" if reasons else "pass", "reason": "; ".join(reasons)}
+    flag = "warn" if reasons else "pass"
+    if n_chains == 1:
+        reasons.append("one chain: no R-hat (run several chains to compare them)")
+    return {**row, "flag": flag, "reason": "; ".join(reasons)}
 
 
 def _sampler_rows(model: BayesianFM) -> list[dict[str, Any]]:
@@ -288,6 +353,32 @@ def diagnose(model: BayesianFM) -> pd.DataFrame:
     per chain, no divergences, no tree-depth saturation, E-BFMI >= 0.3), or ``"n/a"`` for
     SVI draws, which are independent draws of the variational approximation and have no
     chains to compare; SVI fits get a row on the convergence of the loss instead.
+
+    Parameters
+    ----------
+    model : BayesianFM or BayesianMF
+        A fitted estimator.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table described above.
+
+    Raises
+    ------
+    NotFittedError
+        The model is not fitted.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> table = bfm.diagnostics.diagnose(model)
+    >>> table[["quantity", "kind"]].head(2)
+       quantity   kind
+    0     sigma  noise
+    1  location   bias
+    >>> table["flag"].iloc[0]
+    'n/a'
     """
     model._check_fitted()
     idata = model.idata_

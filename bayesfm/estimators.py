@@ -52,11 +52,25 @@ POINTWISE_LIMIT_BYTES = 4 * 2**30
 
 
 class NotFittedError(ValueError, AttributeError):
-    """Raised when a method that needs a fitted model is called before ``fit``."""
+    """Raised when a method that needs a fitted model is called before ``fit``.
+
+    It subclasses both ``ValueError`` and ``AttributeError``, as scikit-learn's does.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> import pandas as pd
+    >>> rows = pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"]})
+    >>> try:
+    ...     bfm.BayesianMF().predict(rows)
+    ... except bfm.NotFittedError as err:
+    ...     print(err)
+    This BayesianMF instance is not fitted yet; call fit(X, y) before predicting
+    """
 
 
 class BayesianFM:
-    """Bayesian factorization machine with hierarchical priors, fitted by NUTS or SVI.
+    """Bayesian factorization machine with hierarchical priors, fitted by NUTS, SVI or Gibbs.
 
     Parameters
     ----------
@@ -69,7 +83,7 @@ class BayesianFM:
         classes such as star ratings.
     link : {"probit", "logit"}
         Link of the binary task.
-    inference : {"nuts", "svi"} or NUTSConfig or SVIConfig
+    inference : {"nuts", "svi", "gibbs"} or NUTSConfig or SVIConfig or GibbsConfig
         Inference method and its settings.
     prior : PriorConfig, optional
         Hierarchical prior settings (libFM defaults).
@@ -96,12 +110,19 @@ class BayesianFM:
 
     Examples
     --------
+    A tiny model on synthetic ratings with item genres, fitted by SVI:
+
     >>> import bayesfm as bfm
-    >>> X, y = bfm.datasets.make_toy_mf()
-    >>> model = bfm.BayesianMF(rank=1, inference=bfm.SVIConfig(num_steps=200, num_samples=50),
-    ...                        progress_bar=False).fit(X, y)
-    >>> model.predict_interval(X).shape
+    >>> data = bfm.datasets.make_synthetic(n_users=20, n_items=15, n_obs=300, seed=0)
+    >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id"),
+    ...                         bfm.MultiHot("genres", owner="item_id")])
+    >>> model = bfm.BayesianFM(rank=2, features=spec, progress_bar=False,
+    ...                        inference=bfm.SVIConfig(num_steps=200, num_samples=50))
+    >>> model = model.fit(data.X, data.y)
+    >>> model.predict_interval(data.X.head(3), prob=0.9).shape
     (3, 3)
+    >>> model.idata_.posterior.sizes["chain"], model.idata_.posterior.sizes["draw"]
+    (1, 50)
     """
 
     def __init__(
@@ -141,11 +162,53 @@ class BayesianFM:
         return [p for p in sig.parameters if p != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters, as stored (scikit-learn convention)."""
+        """Constructor parameters, as stored (scikit-learn convention).
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn compatibility; there are no nested estimators.
+
+        Returns
+        -------
+        dict
+            Parameter names to values, in the order of the constructor's signature.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> params = bfm.BayesianMF(rank=4, inference="gibbs").get_params()
+        >>> params["rank"], params["inference"], params["user"]
+        (4, 'gibbs', 'user_id')
+        """
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> BayesianFM:
-        """Set constructor parameters; returns self."""
+        """Set constructor parameters; returns self.
+
+        Parameters
+        ----------
+        **params
+            Constructor parameters and their new values. They take effect at the next
+            :meth:`fit` (or prediction, for ``chunk_size`` and ``cold_start``).
+
+        Returns
+        -------
+        BayesianFM
+            The estimator itself.
+
+        Raises
+        ------
+        ValueError
+            A name is not a constructor parameter.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> model = bfm.BayesianMF(rank=4).set_params(rank=8, random_state=1)
+        >>> model.rank, model.random_state
+        (8, 1)
+        """
         valid = self._param_names()
         for key, value in params.items():
             if key not in valid:
@@ -246,12 +309,42 @@ class BayesianFM:
     def fit(self, X: pd.DataFrame, y: Any) -> BayesianFM:
         """Fit the posterior on a table ``X`` and targets ``y``; returns self.
 
+        MCMC fits (NUTS, Gibbs) are checked on identified quantities afterwards and warn
+        once with a :class:`~bayesfm.diagnostics.ConvergenceWarning` when a check fails.
+
         Parameters
         ----------
         X : pandas.DataFrame
             Holds every column the feature spec reads.
         y : array-like
             Ratings (regression), 0/1 labels (binary) or ordered classes (ordinal).
+
+        Returns
+        -------
+        BayesianFM
+            The estimator itself, with the fitted attributes (``idata_``, ``encoder_``,
+            ``spec_``, ``draws_``, ...) set.
+
+        Raises
+        ------
+        ValueError
+            Invalid settings (rank, task, link, ...), columns missing from ``X``, ``y`` of
+            the wrong length or with NaN/inf values, or labels the task does not allow.
+        TypeError
+            ``features`` or ``prior`` of the wrong type, or non-numeric ``y``.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> data = bfm.datasets.make_synthetic(n_users=20, n_items=15, n_obs=300, seed=0)
+        >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id"),
+        ...                         bfm.MultiHot("genres", owner="item_id")])
+        >>> model = bfm.BayesianFM(rank=2, features=spec, progress_bar=False,
+        ...                        inference=bfm.SVIConfig(num_steps=200, num_samples=50))
+        >>> model.fit(data.X, data.y) is model
+        True
+        >>> model.n_train_
+        300
         """
         rank, fspec, cfg, prior = self._validated_settings()
         FittedEncoder.check_table(X, fspec.columns)
@@ -454,11 +547,51 @@ class BayesianFM:
 
         The file is written under a temporary name and renamed when complete, so a failure
         never damages an existing file. :func:`bayesfm.load` restores the model.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (conventionally ``*.nc``); its folder must exist.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        Raises
+        ------
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = model.save(pathlib.Path(tmp) / "model.nc")
+        ...     print(path.name, path.stat().st_size > 0)
+        model.nc True
         """
         return persistence.save(self, path)
 
     def diagnose(self) -> pd.DataFrame:
-        """Convergence table on identified quantities; see :func:`bayesfm.diagnostics.diagnose`."""
+        """Convergence table on identified quantities; see :func:`bayesfm.diagnostics.diagnose`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per identified quantity or sampler check, with a ``flag`` column.
+
+        Raises
+        ------
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> table = model.diagnose()
+        >>> table.columns.tolist()
+        ['quantity', 'kind', 'mean', 'sd', 'r_hat', 'ess_bulk', 'ess_tail', 'mcse_mean', 'flag', 'reason']
+        """  # noqa: E501
         return diagnose(self)
 
     # ---------------------------------------------------------------------- prediction
@@ -528,7 +661,31 @@ class BayesianFM:
             yield start, stop, eta, rng
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Posterior predictive mean (``P(y=1)`` for binary, E[class] for ordinal)."""
+        """Posterior predictive mean (``P(y=1)`` for binary, E[class] for ordinal).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Rows to predict, with every column the feature spec reads. Ids unseen in
+            training follow ``cold_start``.
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per row of ``X``.
+
+        Raises
+        ------
+        NotFittedError
+            The model is not fitted.
+        ValueError
+            Columns are missing, or ``X`` holds unseen ids and ``cold_start="error"``.
+
+        Examples
+        --------
+        >>> model.predict(X.head(3)).shape
+        (3,)
+        """
         out = np.empty(len(X) if isinstance(X, pd.DataFrame) else 0)
         for start, stop, eta, _ in self._chunks(X):
             out[start:stop] = self._expected(eta).mean(0)
@@ -537,7 +694,32 @@ class BayesianFM:
     def predict_interval(self, X: pd.DataFrame, prob: float = 0.9) -> pd.DataFrame:
         """Equal-tailed posterior predictive interval (observation noise included).
 
-        Returns a DataFrame with columns ``mean``, ``lower``, ``upper`` indexed like ``X``.
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Rows to predict, with every column the feature spec reads.
+        prob : float
+            Probability mass of the central interval, in (0, 1).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``mean``, ``lower``, ``upper``, indexed like ``X``.
+
+        Raises
+        ------
+        ValueError
+            ``prob`` is not in (0, 1), or ``X`` does not match the model.
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> interval = model.predict_interval(X.head(3), prob=0.9)
+        >>> interval.columns.tolist()
+        ['mean', 'lower', 'upper']
+        >>> bool((interval["lower"] < interval["upper"]).all())
+        True
         """
         if not (isinstance(prob, float | int) and 0 < prob < 1):
             raise ValueError(f"prob: got {prob!r}; must be a number in (0, 1)")
@@ -558,8 +740,31 @@ class BayesianFM:
 
         Parameters
         ----------
+        X : pandas.DataFrame
+            Rows to predict, with every column the feature spec reads.
         latent : bool
             Return the noise-free latent mean ``E[y | draw]`` instead of observation draws.
+
+        Returns
+        -------
+        xarray.DataArray
+            Named ``y`` (or ``y_latent``), shape ``(chains, draws, len(X))``; the ``obs``
+            coordinate is the index of ``X``.
+
+        Raises
+        ------
+        NotFittedError
+            The model is not fitted.
+        ValueError
+            ``X`` does not match the model.
+
+        Examples
+        --------
+        >>> draws = model.predict_posterior(X.head(3))
+        >>> draws.dims
+        ('chain', 'draw', 'obs')
+        >>> draws.sizes["obs"]
+        3
         """
         self._check_fitted()
         enc = self._encode_new(X)
@@ -586,8 +791,39 @@ class BayesianFM:
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Class probabilities averaged over the posterior.
 
-        Shape ``(n, 2)`` for binary (columns P(0), P(1)), ``(n, C)`` for ordinal with columns
-        in the order of ``classes_``.
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Rows to predict, with every column the feature spec reads.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, 2)`` for binary (columns P(0), P(1)), ``(n, C)`` for ordinal with
+            columns in the order of ``classes_``.
+
+        Raises
+        ------
+        ValueError
+            The task is ``"regression"``, or ``X`` does not match the model.
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        A binary model of "rated above 4":
+
+        >>> import bayesfm as bfm
+        >>> import numpy as np
+        >>> data = bfm.datasets.make_synthetic(n_users=20, n_items=15, n_obs=300, seed=0)
+        >>> liked = (data.y > 4).astype(int)
+        >>> clf = bfm.BayesianMF(rank=2, task="binary", progress_bar=False,
+        ...                      inference=bfm.SVIConfig(num_steps=200, num_samples=50))
+        >>> proba = clf.fit(data.X, liked).predict_proba(data.X.head(3))
+        >>> proba.shape
+        (3, 2)
+        >>> bool(np.allclose(proba.sum(axis=1), 1.0))
+        True
         """
         self._check_fitted()
         if self.task == "regression":
@@ -606,7 +842,33 @@ class BayesianFM:
         return out
 
     def score(self, X: pd.DataFrame, y: Any) -> float:
-        """Mean log pointwise predictive density of ``y`` (higher is better)."""
+        """Mean log pointwise predictive density of ``y`` (higher is better).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Held-out rows, with every column the feature spec reads.
+        y : array-like
+            Their observed targets.
+
+        Returns
+        -------
+        float
+            ``mean_i log (1/S sum_s p(y_i | draw s))``.
+
+        Raises
+        ------
+        ValueError
+            ``y`` does not match ``X`` or holds labels the model has not seen.
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> lpd = model.score(X.head(50), y[:50])
+        >>> isinstance(lpd, float)
+        True
+        """
         self._check_fitted()
         y_arr = self._validated_target(y, len(X))
         if self.task == "ordinal":
@@ -705,6 +967,23 @@ class BayesianFM:
             Columns ``<user>, rank, <item>, score, mean, lower, upper``: one row per
             recommendation, users in the order given, ranks from 1. Ties in ``score`` go to
             the candidate listed first.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``strategy`` or ``interval``, ``strategy="prob"`` without
+            ``threshold``, unseen users with ``cold_start="error"``, or missing columns.
+        NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> users = X["user_id"].unique()[:2]
+        >>> recs = model.recommend(users, n=3, strategy="ucb")
+        >>> recs.columns.tolist()
+        ['user_id', 'rank', 'item_id', 'score', 'mean', 'lower', 'upper']
+        >>> recs["rank"].tolist()
+        [1, 2, 3, 1, 2, 3]
         """
         return recommend_mod.recommend(
             self,
@@ -736,13 +1015,19 @@ class BayesianMF(BayesianFM):
         Number of latent factors.
     user, item : str
         Columns holding the user and item ids.
-    **kwargs
-        Other parameters as in :class:`BayesianFM` (except ``features``).
+    task, link, inference, prior, cold_start, chunk_size : see BayesianFM
+        As in :class:`BayesianFM`.
+    random_state, progress_bar, store_factors, store_pointwise, data_devices : see BayesianFM
+        As in :class:`BayesianFM`.
 
     Examples
     --------
-    >>> BayesianMF(rank=4).features
+    >>> import bayesfm as bfm
+    >>> mf = bfm.BayesianMF(rank=4, user="user_id", item="item_id", inference="gibbs")
+    >>> mf.features
     FeatureSpec([Categorical(column='user_id', owner=None, name=None), Categorical(column='item_id', owner=None, name=None)])
+
+    ``mf.fit(X, y)`` then works as for :class:`BayesianFM`; see its example.
     """  # noqa: E501
 
     def __init__(
@@ -782,7 +1067,14 @@ class BayesianMF(BayesianFM):
 
     @property
     def features(self) -> FeatureSpec:  # type: ignore[override]
-        """The two-field spec ``[Categorical(user), Categorical(item)]``."""
+        """The two-field spec ``[Categorical(user), Categorical(item)]``.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.BayesianMF(user="customer", item="product").features.columns
+        ['customer', 'product']
+        """
         return FeatureSpec([Categorical(self.user), Categorical(self.item)])
 
     @features.setter

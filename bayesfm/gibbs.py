@@ -51,7 +51,8 @@ from .augment import (
 )
 from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
-from .linalg import cholesky, solve_lower, solve_lower_transpose
+from .linalg import draw_gaussian
+from .ridge import bias_shift, factor_shift, owned_shift, ridge_plan
 from .sharding import DATA_AXIS
 
 __all__ = [
@@ -66,8 +67,6 @@ __all__ = [
     "scale_exchange",
 ]
 
-# relative diagonal jitter that keeps float32 Cholesky factors of large Gram sums finite
-_JITTER = 1e-6
 # Metropolis steps of the scale exchange per sweep (each O(rank) once sums are formed)
 _SCALE_STEPS = 8
 
@@ -140,29 +139,10 @@ def gibbs_plan(data: dict[str, Any], structure: Structure, n_shards: int = 1) ->
         for lev in range(t.n_levels):
             entries[lev, : counts[lev]] = order[starts[lev] : starts[lev + 1]]
         terms[t.dim] = entries
-    return {"entity": entity, "terms": terms}
+    return {"entity": entity, "terms": terms, "ridge": ridge_plan(data, structure)}
 
 
 # ---------------------------------------------------------------------------- conditionals
-def draw_gaussian(
-    precision: jnp.ndarray, shift: jnp.ndarray, key: jax.Array, fallback: jnp.ndarray
-) -> jnp.ndarray:
-    """Draw ``x ~ N(P^-1 b, P^-1)`` for a batch of precisions ``P`` (..., d, d) and ``b``.
-
-    Uses ``x = P^-1 b + L^-T eps`` with ``P = L L^T``. Where the factorization is not finite
-    (float32 round-off on huge Gram sums), returns ``fallback`` (the current value).
-    """
-    d = precision.shape[-1]
-    scale = jnp.max(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
-    precision = precision + (_JITTER * scale)[..., None, None] * jnp.eye(d)
-    chol = cholesky(precision)
-    eps = jax.random.normal(key, shift.shape)
-    # mean + L^-T eps = L^-T (L^-1 b + eps)
-    draw = solve_lower_transpose(chol, solve_lower(chol, shift) + eps)
-    ok = jnp.all(jnp.isfinite(draw), axis=-1, keepdims=True)
-    return jnp.where(ok, draw, fallback)
-
-
 def normal_gamma_draw(
     x: jnp.ndarray, key: jax.Array, alpha0: float, beta0: float, gamma0: float, mu0: float
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -482,8 +462,8 @@ def gibbs_sweep(
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
     # per group: its update and two Normal-Gamma draws; then the probit step (2), the
-    # intercepts, the scale exchange, and the noise or the cutpoint shifts
-    keys = iter(jax.random.split(key, 6 + 3 * len(structure.groups)))
+    # intercepts, the ridge moves, the scale exchange, and the noise or the cutpoint shifts
+    keys = iter(jax.random.split(key, 7 + 3 * len(structure.groups)))
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
         params, y = _augment(params, data, offset, y, spec, next(keys), next(keys))
@@ -492,6 +472,7 @@ def gibbs_sweep(
     for term in structure.terms:
         params = _update_term(params, data, plan, offset, y, spec, term, next(keys), mesh)
     params = _update_intercepts(params, data, offset, y, spec, next(keys))
+    params = _ridge_moves(params, data, spec, next(keys))
     ng = partial(
         normal_gamma_draw,
         alpha0=prior.alpha0,
@@ -529,6 +510,26 @@ def gibbs_sweep(
         tau = jax.random.gamma(next(keys), shape) / rate
         params["noise_precision"] = tau
         params["sigma"] = 1.0 / jnp.sqrt(tau)
+    return params
+
+
+def _ridge_moves(params, data, spec: ModelSpec, key) -> dict:
+    """Exact shifts along flat directions of the likelihood (see :mod:`bayesfm.ridge`): each
+    entity's factor mean against the linear weights, each owned attribute against its owner,
+    then the global bias against each entity (the ordered probit has no bias;
+    :func:`_cutpoint_shift` moves its cutpoints instead)."""
+    structure = spec.structure
+    grams = data["gibbs"]["ridge"]
+    owned = [t for t in structure.terms if t.dim in grams]
+    entities = [d for d, _ in structure.entities]
+    biased = entities if spec.task != "ordinal" else []
+    keys = iter(jax.random.split(key, 2 * len(entities) + len(owned)))
+    for d in entities:
+        params = factor_shift(params, structure.groups, d, next(keys))
+    for t in owned:
+        params = owned_shift(params, data, grams[t.dim], t, next(keys))
+    for d in biased:
+        params = bias_shift(params, d, spec.prior.bias_scale, next(keys))
     return params
 
 
@@ -627,11 +628,12 @@ def scale_exchange(
 
 
 class FMGibbs(MCMCKernel):
-    """Conjugate blocked Gibbs kernel for :func:`bayesfm.fm.fm_model`: regression, and the
-    binary (probit link) and ordinal tasks through probit data augmentation.
+    """Conjugate blocked Gibbs kernel for :func:`bayesfm.fm.fm_model`.
 
-    Use it with :class:`numpyro.infer.MCMC` and ``jit_model_args=True``; the model arguments
-    are ``(data, offset, y)`` where ``data`` also holds ``data["gibbs"] = gibbs_plan(...)``.
+    It covers regression, and the binary (probit link) and ordinal tasks through probit
+    data augmentation; estimators run it for ``inference="gibbs"``. Use it with
+    :class:`numpyro.infer.MCMC` and ``jit_model_args=True``; the model arguments are
+    ``(data, offset, y)`` where ``data`` also holds ``data["gibbs"] = gibbs_plan(...)``.
 
     Parameters
     ----------
@@ -640,6 +642,26 @@ class FMGibbs(MCMCKernel):
     mesh : jax.sharding.Mesh, optional
         The mesh the training rows are sharded over (``gibbs_plan(..., n_shards)`` must
         match its size); per-level sums are then computed per device and added.
+
+    Raises
+    ------
+    ValueError
+        The binary task with a link other than ``"probit"``.
+
+    Examples
+    --------
+    The kernel of a fitted model's spec, wrapped in NumPyro's MCMC driver (what
+    ``inference=bfm.GibbsConfig(...)`` runs):
+
+    >>> from numpyro.infer import MCMC
+    >>> from bayesfm.gibbs import FMGibbs
+    >>> kernel = FMGibbs(model.spec_)
+    >>> kernel.spec.prior.parametrization
+    'centered'
+    >>> mcmc = MCMC(kernel, num_warmup=200, num_samples=500, jit_model_args=True,
+    ...             progress_bar=False)
+    >>> mcmc.num_samples
+    500
     """
 
     sample_field = "z"

@@ -68,7 +68,8 @@ class NUTSConfig:
 
     Examples
     --------
-    >>> NUTSConfig(num_chains=2, num_samples=200).num_warmup
+    >>> import bayesfm as bfm
+    >>> bfm.NUTSConfig(num_chains=2, num_samples=200).num_warmup
     500
     """
 
@@ -131,9 +132,10 @@ class SVIConfig:
 
     Examples
     --------
-    >>> SVIConfig(num_steps=500).guide
+    >>> import bayesfm as bfm
+    >>> bfm.SVIConfig(num_steps=500).guide
     'normal'
-    >>> SVIConfig(batch_size=10_000, holdout=0.01).eval_every
+    >>> bfm.SVIConfig(batch_size=10_000, holdout=0.01).eval_every
     500
     """
 
@@ -153,7 +155,14 @@ class SVIConfig:
 
     @property
     def minibatch(self) -> bool:
-        """Whether the fit runs on the minibatch path (batches or a held-out share)."""
+        """Whether the fit runs on the minibatch path (batches or a held-out share).
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> bfm.SVIConfig().minibatch, bfm.SVIConfig(batch_size=10_000).minibatch
+        (False, True)
+        """
         return self.batch_size is not None or self.holdout > 0
 
     def __post_init__(self) -> None:
@@ -216,7 +225,8 @@ class GibbsConfig:
 
     Examples
     --------
-    >>> GibbsConfig(num_samples=100).num_warmup
+    >>> import bayesfm as bfm
+    >>> bfm.GibbsConfig(num_samples=100).num_warmup
     200
     """
 
@@ -440,6 +450,9 @@ def run_nuts(
         thinning=cfg.thinning,
         chain_method=chain_method,
         progress_bar=cfg.progress_bar,
+        # data as arguments of the compiled sampler, not constants: sequential chains then
+        # reuse one compilation (4 chains of a tiny MF: 30 s of compile instead of 49 s)
+        jit_model_args=True,
     )
     t0 = time.perf_counter()
     with compile_timer() as ct:

@@ -15,9 +15,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNROLL_MAX", "cholesky", "solve_lower", "solve_lower_transpose"]
+__all__ = [
+    "UNROLL_MAX",
+    "cholesky",
+    "draw_gaussian",
+    "solve_lower",
+    "solve_lower_transpose",
+]
 
 UNROLL_MAX = 16
+# relative diagonal jitter of the precisions the samplers factor (float32 round-off)
+_JITTER = 1e-6
 
 
 def cholesky(a: jnp.ndarray) -> jnp.ndarray:
@@ -90,3 +98,22 @@ def solve_lower_transpose(low: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
         return x.at[..., i].set(s / jnp.take(li, i, axis=-1))
 
     return jax.lax.fori_loop(0, d, row, jnp.zeros_like(b))
+
+
+def draw_gaussian(
+    precision: jnp.ndarray, shift: jnp.ndarray, key: jax.Array, fallback: jnp.ndarray
+) -> jnp.ndarray:
+    """Draw ``x ~ N(P^-1 b, P^-1)`` for a batch of precisions ``P`` (..., d, d) and ``b``.
+
+    Uses ``x = P^-1 b + L^-T eps`` with ``P = L L^T``. Where the factorization is not finite
+    (float32 round-off on huge Gram sums), returns ``fallback`` (the current value).
+    """
+    d = precision.shape[-1]
+    scale = jnp.max(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
+    precision = precision + (_JITTER * scale)[..., None, None] * jnp.eye(d)
+    chol = cholesky(precision)
+    eps = jax.random.normal(key, shift.shape)
+    # mean + L^-T eps = L^-T (L^-1 b + eps)
+    draw = solve_lower_transpose(chol, solve_lower(chol, shift) + eps)
+    ok = jnp.all(jnp.isfinite(draw), axis=-1, keepdims=True)
+    return jnp.where(ok, draw, fallback)

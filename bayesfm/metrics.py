@@ -56,17 +56,74 @@ PARETO_K_BINS = (
 
 # ---------------------------------------------------------------------- point metrics
 def rmse(y: np.ndarray, prediction: np.ndarray) -> float:
-    """Root mean squared error."""
+    """Root mean squared error.
+
+    Parameters
+    ----------
+    y : array-like
+        Observed values.
+    prediction : array-like
+        Predictions, same shape as ``y``.
+
+    Returns
+    -------
+    float
+        ``sqrt(mean((y - prediction) ** 2))``.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> round(bfm.metrics.rmse([3, 4, 5], [2.5, 4, 5.5]), 3)
+    0.408
+    """
     return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(prediction)) ** 2)))
 
 
 def mae(y: np.ndarray, prediction: np.ndarray) -> float:
-    """Mean absolute error."""
+    """Mean absolute error.
+
+    Parameters
+    ----------
+    y : array-like
+        Observed values.
+    prediction : array-like
+        Predictions, same shape as ``y``.
+
+    Returns
+    -------
+    float
+        ``mean(abs(y - prediction))``.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> round(bfm.metrics.mae([3, 4, 5], [2.5, 4, 5.5]), 3)
+    0.333
+    """
     return float(np.mean(np.abs(np.asarray(y) - np.asarray(prediction))))
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney statistic; ties count one half)."""
+    """Area under the ROC curve (Mann–Whitney statistic; ties count one half).
+
+    Parameters
+    ----------
+    y : array-like
+        0/1 (or boolean) labels.
+    score : array-like
+        Scores, higher meaning more likely a 1.
+
+    Returns
+    -------
+    float
+        The AUC, or NaN when ``y`` holds a single class.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> bfm.metrics.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
     y = np.asarray(y).astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
@@ -76,14 +133,58 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> float:
-    """Mean negative log-likelihood of 0/1 labels under probabilities ``p`` of a 1."""
+    """Mean negative log-likelihood of 0/1 labels under probabilities ``p`` of a 1.
+
+    Parameters
+    ----------
+    y : array-like
+        0/1 labels.
+    p : array-like
+        Predicted probabilities of a 1.
+    eps : float
+        Probabilities are clipped to ``[eps, 1 - eps]``.
+
+    Returns
+    -------
+    float
+        The mean log loss (lower is better).
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> round(bfm.metrics.log_loss([0, 1], [0.2, 0.9]), 3)
+    0.164
+    """
     p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
     y = np.asarray(y)
     return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
 
 
 def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
-    """Observed frequency of 1s against the mean predicted probability, in equal-width bins."""
+    """Observed frequency of 1s against the mean predicted probability, in equal-width bins.
+
+    Parameters
+    ----------
+    y : array-like
+        0/1 labels.
+    p : array-like
+        Predicted probabilities of a 1.
+    n_bins : int
+        Number of equal-width bins over [0, 1]; empty bins are left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``bin, predicted, observed, n``.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> bfm.metrics.reliability_curve([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], n_bins=2)
+              bin  predicted  observed  n
+    0  [0.0, 0.5)        0.2       0.0  2
+    1  [0.5, 1.0)        0.7       1.0  2
+    """
     p = np.asarray(p, np.float64)
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     frame = pd.DataFrame({"bin": bins, "p": p, "y": np.asarray(y, np.float64)})
@@ -97,7 +198,30 @@ def coverage_curve(
 ) -> pd.DataFrame:
     """Empirical coverage and mean width of central intervals.
 
-    ``lower`` and ``upper`` have shape ``(len(levels), n)``.
+    Parameters
+    ----------
+    y : array-like
+        Observed values, shape ``(n,)``.
+    lower, upper : numpy.ndarray
+        Interval ends, shape ``(len(levels), n)``.
+    levels : tuple of float
+        Nominal probability of each row of ``lower`` and ``upper``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``nominal, empirical, mean_width``, one row per level.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bayesfm as bfm
+    >>> lower = np.array([[0.5, 1.5, 3.2], [0.0, 1.0, 2.0]])
+    >>> upper = np.array([[1.5, 2.5, 3.8], [2.0, 3.0, 4.0]])
+    >>> bfm.metrics.coverage_curve([1.0, 2.0, 3.0], lower, upper, levels=(0.5, 0.9)).round(2)
+       nominal  empirical  mean_width
+    0      0.5       0.67        0.87
+    1      0.9       1.00        2.00
     """
     y = np.asarray(y)[None]
     inside = (y >= lower) & (y <= upper)
@@ -115,7 +239,7 @@ def coverage_curve(
 class PredictiveCheck:
     """Held-out accuracy and calibration of a fitted model (see :func:`evaluate`).
 
-    Attributes
+    Parameters
     ----------
     summary : dict
         ``n, rmse, mae, mlpd`` and the 50%/90% coverage and mean width; for the binary task
@@ -132,6 +256,17 @@ class PredictiveCheck:
         Per-row ``y, mean, lower_90, upper_90, lpd, pit, activity``.
     reliability : pandas.DataFrame or None
         Binary task: observed frequency against predicted probability.
+    extra : dict
+        Room for additional results; empty by default.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> check = bfm.evaluate(model, X.tail(100), y[-100:])
+    >>> check.summary["n"], check.pit.shape
+    (100, (100,))
+    >>> check.coverage.columns.tolist()
+    ['nominal', 'empirical', 'mean_width']
     """
 
     summary: dict[str, Any]
@@ -180,6 +315,39 @@ def evaluate(
     """Accuracy and calibration of ``model`` on a held-out table ``X`` with targets ``y``.
 
     Memory is bounded: the posterior predictive is summarized chunk by chunk.
+
+    Parameters
+    ----------
+    model : BayesianFM or BayesianMF
+        A fitted estimator.
+    X : pandas.DataFrame
+        Held-out rows, with every column the feature spec reads.
+    y : array-like
+        Their observed targets.
+    levels : tuple of float
+        Nominal levels of the central intervals whose coverage is measured.
+
+    Returns
+    -------
+    PredictiveCheck
+        Summary numbers, coverage curve, PIT values, results by user activity and per row.
+
+    Raises
+    ------
+    NotFittedError
+        The model is not fitted.
+    ValueError
+        ``y`` does not match ``X``, a level is outside (0, 1), or ordinal labels were not
+        seen in training.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> check = bfm.evaluate(model, X.tail(100), y[-100:])
+    >>> sorted(check.summary)
+    ['coverage_50', 'coverage_90', 'mae', 'mlpd', 'n', 'rmse', 'width_50', 'width_90']
+    >>> check.by_activity.columns.tolist()
+    ['activity', 'n', 'rmse', 'coverage_90', 'width_90']
     """
     model._check_fitted()
     y = model._validated_target(y, len(X))
@@ -295,8 +463,33 @@ def _idata_of(model_or_idata: Any) -> Any:
 def loo(model: Any) -> dict[str, Any]:
     """PSIS-LOO of a fit: ``elpd_loo``, its standard error, ``p_loo`` and Pareto-k counts.
 
-    Returns a dict with those numbers, ``pareto_k`` (a DataFrame of counts per k range:
-    good <= 0.5, ok <= 0.7, bad <= 1, very bad > 1), and ``elpd_data`` (ArviZ's ELPDData).
+    Parameters
+    ----------
+    model : BayesianFM, BayesianMF or arviz.InferenceData
+        A fit with the pointwise ``log_likelihood`` group (``store_pointwise=True``).
+
+    Returns
+    -------
+    dict
+        ``elpd_loo``, ``se``, ``p_loo``, ``n``, ``pareto_k`` (a DataFrame of counts per k
+        range: good <= 0.5, ok <= 0.7, bad <= 1, very bad > 1), and ``elpd_data`` (ArviZ's
+        ELPDData).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is neither a fitted estimator nor an InferenceData.
+    ValueError
+        The fit has no ``log_likelihood`` group.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> result = bfm.loo(model)
+    >>> sorted(result)
+    ['elpd_data', 'elpd_loo', 'n', 'p_loo', 'pareto_k', 'se']
+    >>> result["pareto_k"]["label"].tolist()
+    ['good', 'ok', 'bad', 'very bad']
     """
     result = idata_mod.loo(_idata_of(model))
     k = np.asarray(result.pareto_k).ravel()
@@ -324,6 +517,35 @@ def compare(models: dict[str, Any]) -> pd.DataFrame:
     ----------
     models : dict
         Names to fitted estimators (or InferenceData), all fitted on the same rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``arviz.compare``'s table, one row per fit, best first (``elpd_loo``, ``p_loo``,
+        ``elpd_diff``, ``weight``, ``se``, ``dse``, ...).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two fits, fits on different numbers of rows, or a fit without the
+        pointwise ``log_likelihood`` group.
+
+    Examples
+    --------
+    Matrix factorization against an FM with item genres, on the same rows:
+
+    >>> import bayesfm as bfm
+    >>> data = bfm.datasets.make_synthetic(n_users=20, n_items=15, n_obs=300, seed=0)
+    >>> svi = bfm.SVIConfig(num_steps=200, num_samples=50)
+    >>> spec = bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id"),
+    ...                         bfm.MultiHot("genres", owner="item_id")])
+    >>> fm = bfm.BayesianFM(rank=2, features=spec, inference=svi, progress_bar=False)
+    >>> mf = bfm.BayesianMF(rank=2, inference=svi, progress_bar=False)
+    >>> table = bfm.compare({"fm": fm.fit(data.X, data.y), "mf": mf.fit(data.X, data.y)})
+    >>> sorted(table.index)
+    ['fm', 'mf']
+    >>> "elpd_diff" in table.columns
+    True
     """
     if not isinstance(models, dict) or len(models) < 2:
         raise ValueError(
@@ -439,14 +661,41 @@ def ranking_metrics(
         :meth:`bayesfm.BayesianFM.recommend`).
     test : pandas.DataFrame
         Columns ``user``, ``item`` and ``rating``.
+    k : int
+        Length of the lists that count.
+    threshold : float
+        Smallest rating that makes a test item relevant.
     catalogue : sequence of item ids or int, optional
         The catalogue (or its size) for ``coverage``: the share of it that appears in some
         user's top-k list.
+    user, item, rating : str
+        Column names of the user ids, item ids and ratings.
 
     Returns
     -------
     dict
         ``precision, recall, ndcg, map, n_users`` and ``coverage`` when a catalogue is given.
+
+    Raises
+    ------
+    ValueError
+        ``k`` < 1, a column is missing, or an empty catalogue.
+
+    Examples
+    --------
+    User ``u1`` liked ``i2`` and user ``u2`` liked ``i3``; each finds it second in a list of
+    two:
+
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> test = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i2", "i3", "i4"],
+    ...                      "rating": [5, 4, 2]})
+    >>> scores = bfm.metrics.ranking_metrics(recs, test, k=2, threshold=4,
+    ...                                      catalogue=["i1", "i2", "i3", "i4"])
+    >>> {name: round(value, 3) for name, value in scores.items()}
+    {'precision': 0.5, 'recall': 1.0, 'ndcg': 0.631, 'map': 0.5, 'n_users': 2, 'coverage': 0.75}
     """
     hits, n_rel, users = _ranked_hits(recommendations, test, k, threshold, user, item, rating)
     per_user = _ranking_from_hits(hits, n_rel)
@@ -458,24 +707,162 @@ def ranking_metrics(
 
 
 def precision_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
-    """Share of the top-k items that are relevant, averaged over users; see
-    :func:`ranking_metrics` for the conventions."""
+    """Share of the top-k items that are relevant, averaged over users.
+
+    See :func:`ranking_metrics` for the conventions.
+
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank`` (e.g. from
+        :meth:`bayesfm.BayesianFM.recommend`).
+    test : pandas.DataFrame
+        Columns ``user``, ``item`` and ``rating``.
+    k : int
+        Length of the lists that count.
+    **kw
+        ``threshold``, ``user``, ``item``, ``rating`` as in :func:`ranking_metrics`.
+
+    Returns
+    -------
+    float
+        The metric averaged over users with a list and a relevant test item.
+
+    Raises
+    ------
+    ValueError
+        ``k`` < 1 or a column is missing.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> test = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i2", "i3", "i4"],
+    ...                      "rating": [5, 4, 2]})
+    >>> round(bfm.metrics.precision_at_k(recs, test, k=2, threshold=4), 3)
+    0.5
+    """
     return ranking_metrics(recommendations, test, k, **kw)["precision"]
 
 
 def recall_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
-    """Share of a user's relevant test items found in the top k; see :func:`ranking_metrics`."""
+    """Share of a user's relevant test items found in the top k; see :func:`ranking_metrics`.
+
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank`` (e.g. from
+        :meth:`bayesfm.BayesianFM.recommend`).
+    test : pandas.DataFrame
+        Columns ``user``, ``item`` and ``rating``.
+    k : int
+        Length of the lists that count.
+    **kw
+        ``threshold``, ``user``, ``item``, ``rating`` as in :func:`ranking_metrics`.
+
+    Returns
+    -------
+    float
+        The metric averaged over users with a list and a relevant test item.
+
+    Raises
+    ------
+    ValueError
+        ``k`` < 1 or a column is missing.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> test = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i2", "i3", "i4"],
+    ...                      "rating": [5, 4, 2]})
+    >>> round(bfm.metrics.recall_at_k(recs, test, k=2, threshold=4), 3)
+    1.0
+    """
     return ranking_metrics(recommendations, test, k, **kw)["recall"]
 
 
 def ndcg_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
-    """Normalized discounted cumulative gain at k; see :func:`ranking_metrics`."""
+    """Normalized discounted cumulative gain at k; see :func:`ranking_metrics`.
+
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank`` (e.g. from
+        :meth:`bayesfm.BayesianFM.recommend`).
+    test : pandas.DataFrame
+        Columns ``user``, ``item`` and ``rating``.
+    k : int
+        Length of the lists that count.
+    **kw
+        ``threshold``, ``user``, ``item``, ``rating`` as in :func:`ranking_metrics`.
+
+    Returns
+    -------
+    float
+        The metric averaged over users with a list and a relevant test item.
+
+    Raises
+    ------
+    ValueError
+        ``k`` < 1 or a column is missing.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> test = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i2", "i3", "i4"],
+    ...                      "rating": [5, 4, 2]})
+    >>> round(bfm.metrics.ndcg_at_k(recs, test, k=2, threshold=4), 3)
+    0.631
+    """
     return ranking_metrics(recommendations, test, k, **kw)["ndcg"]
 
 
 def map_at_k(recommendations: pd.DataFrame, test: pd.DataFrame, k: int = 10, **kw) -> float:
-    """Mean average precision at k (normalized by ``min(k, relevant)``); see
-    :func:`ranking_metrics`."""
+    """Mean average precision at k (normalized by ``min(k, relevant)``).
+
+    See :func:`ranking_metrics` for the conventions.
+
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank`` (e.g. from
+        :meth:`bayesfm.BayesianFM.recommend`).
+    test : pandas.DataFrame
+        Columns ``user``, ``item`` and ``rating``.
+    k : int
+        Length of the lists that count.
+    **kw
+        ``threshold``, ``user``, ``item``, ``rating`` as in :func:`ranking_metrics`.
+
+    Returns
+    -------
+    float
+        The metric averaged over users with a list and a relevant test item.
+
+    Raises
+    ------
+    ValueError
+        ``k`` < 1 or a column is missing.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> test = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i2", "i3", "i4"],
+    ...                      "rating": [5, 4, 2]})
+    >>> round(bfm.metrics.map_at_k(recs, test, k=2, threshold=4), 3)
+    0.5
+    """
     return ranking_metrics(recommendations, test, k, **kw)["map"]
 
 
@@ -489,7 +876,38 @@ def coverage_at_k(
 ) -> float:
     """Share of the catalogue recommended to at least one user in a top-k list.
 
-    ``catalogue`` is a sequence of item ids or the catalogue size.
+    Parameters
+    ----------
+    recommendations : pandas.DataFrame
+        Columns ``user``, ``item`` and optionally ``rank``.
+    catalogue : sequence of item ids or int
+        The catalogue, or its size. Recommended items outside a given catalogue do not
+        count.
+    k : int
+        Length of the lists that count.
+    user, item : str
+        Column names of the user and item ids.
+
+    Returns
+    -------
+    float
+        Share of the catalogue shown to someone, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        The catalogue is empty.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import bayesfm as bfm
+    >>> recs = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"],
+    ...                      "item_id": ["i1", "i2", "i1", "i3"], "rank": [1, 2, 1, 2]})
+    >>> bfm.metrics.coverage_at_k(recs, ["i1", "i2", "i3", "i4"], k=2)
+    0.75
+    >>> bfm.metrics.coverage_at_k(recs, 10, k=1)
+    0.1
     """
     if isinstance(catalogue, int | np.integer) and not isinstance(catalogue, bool):
         size = int(catalogue)
@@ -536,16 +954,56 @@ def expected_ndcg(
 
     Parameters
     ----------
-    users : sequence of ids, optional
-        Default: the test users with at least one relevant item.
+    model : BayesianFM or BayesianMF
+        A fitted estimator.
+    test : pandas.DataFrame
+        Columns of the user ids, item ids and ratings.
+    k : int
+        Length of the lists.
+    threshold : float
+        Smallest rating that makes a test item relevant.
     n_draws : int
         Posterior draws used (evenly spaced over all chains and draws).
+    users : sequence of ids, optional
+        Default: the test users with at least one relevant item.
+    candidates : sequence of item ids, optional
+        The items ranked; default every item seen in training.
+    exclude_seen : bool
+        Drop the (user, item) pairs rated in training from the lists.
+    prob : float
+        Probability mass of the reported central interval.
+    seed : int
+        Seed of the systematic sample of draws: when ``n_draws`` is less than the number of
+        posterior draws, every ``total / n_draws``-th draw is used from a random start, so the
+        sample stays spread over all chains and iterations.
+    user, item : str, optional
+        Columns of the user and item ids; default as in :meth:`BayesianFM.recommend`.
+    rating : str
+        Column of the ratings in ``test``.
 
     Returns
     -------
     dict
         ``mean, sd, lower, upper`` (central ``prob`` interval), ``n_users``, ``n_draws`` and
         ``values`` (NDCG@k of each draw).
+
+    Raises
+    ------
+    ValueError
+        ``n_draws``, ``prob`` or ``k`` out of range, or no test user has a relevant item.
+    NotFittedError
+        The model is not fitted.
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> test = X.assign(rating=y).tail(200)
+    >>> result = bfm.metrics.expected_ndcg(model, test, k=5, threshold=4, n_draws=20,
+    ...                                    exclude_seen=False)
+    >>> result["n_draws"], result["values"].shape
+    (20, (20,))
+    >>> bool(result["lower"] <= result["mean"] <= result["upper"])
+    True
     """
     if isinstance(n_draws, bool) or not isinstance(n_draws, int | np.integer) or n_draws < 1:
         raise ValueError(f"n_draws: got {n_draws!r}; must be an integer >= 1")
@@ -561,7 +1019,12 @@ def expected_ndcg(
     scorer = PairScorer.from_model(model, users, candidates, None, uf.column, itf.column)
     n_rel = counts.reindex(scorer.user_ids).fillna(0).to_numpy(np.float64)
     total = scorer.n_draws
-    draws = np.unique(np.linspace(0, total - 1, min(n_draws, total)).round().astype(int))
+    if n_draws >= total:
+        draws = np.arange(total)
+    else:  # systematic sampling: evenly spaced, from a seeded random start
+        step = total / n_draws
+        start = np.random.default_rng(seed).uniform(0.0, step)
+        draws = np.minimum((start + step * np.arange(n_draws)).astype(int), total - 1)
     evaluated = np.flatnonzero(n_rel > 0)
     if len(evaluated) == 0:
         raise ValueError(

@@ -257,6 +257,31 @@ def load(path: str | os.PathLike) -> BayesianFM:
     """Rebuild a fitted estimator saved with :meth:`BayesianFM.save`.
 
     Its ``predict*`` methods return bit-identical results to the saved model's.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A NetCDF file written by :meth:`BayesianFM.save`.
+
+    Returns
+    -------
+    BayesianFM or BayesianMF
+        The fitted estimator, of the class that was saved.
+
+    Raises
+    ------
+    ValueError
+        The file lacks the groups that bayesfm writes.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import bayesfm as bfm
+    >>> import numpy as np
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     same = bfm.load(model.save(pathlib.Path(tmp) / "model.nc"))
+    >>> bool(np.array_equal(same.predict(X.head(5)), model.predict(X.head(5))))
+    True
     """
     from .estimators import BayesianFM, BayesianMF, params_from_dict
 

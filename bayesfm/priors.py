@@ -45,7 +45,8 @@ class PriorConfig:
 
     Examples
     --------
-    >>> PriorConfig(parametrization="noncentered").alpha0
+    >>> import bayesfm as bfm
+    >>> bfm.PriorConfig(parametrization="noncentered").alpha0
     1.0
     """
 
@@ -69,7 +70,20 @@ class PriorConfig:
                 raise ValueError(f"{name}: got {value!r}; must be a positive number")
 
     def to_dict(self) -> dict:
-        """Plain dict of the settings."""
+        """Plain dict of the settings.
+
+        Returns
+        -------
+        dict
+            Field names to values; ``PriorConfig(**d)`` rebuilds the config.
+
+        Examples
+        --------
+        >>> import bayesfm as bfm
+        >>> settings = bfm.PriorConfig(bias_scale=2.0).to_dict()
+        >>> settings["bias_scale"], bfm.PriorConfig(**settings) == bfm.PriorConfig(bias_scale=2.0)
+        (2.0, True)
+        """
         return asdict(self)
 
 

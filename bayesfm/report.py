@@ -822,6 +822,9 @@ def report(
     ------
     NotFittedError
         The model is not fitted.
+    TypeError
+        ``model`` is not a bayesfm estimator, ``X_test`` is not a DataFrame or ``path`` is
+        not a path.
     ValueError
         Only one of ``X_test`` and ``y_test`` is given, or they do not match the model.
     FileNotFoundError
@@ -829,9 +832,12 @@ def report(
 
     Examples
     --------
-    >>> import bayesfm as bfm  # doctest: +SKIP
-    >>> bfm.report(model, X_test, y_test, path="report.html")  # doctest: +SKIP
-    PosixPath('report.html')
+    >>> import pathlib, tempfile
+    >>> import bayesfm as bfm
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = bfm.report(model, X.tail(100), y[-100:], path=pathlib.Path(tmp) / "report.html")
+    ...     print(path.name, "calibration" in path.read_text())
+    report.html True
     """
     out, has_test = _validated(model, X_test, y_test, path)
     # held-out evaluation first: it validates X_test / y_test before the slow plots

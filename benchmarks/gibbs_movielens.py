@@ -234,6 +234,7 @@ def main() -> None:
                     "w_lambda_rhat_max": float(w_lam_rhat.max()),
                     "v_lambda_rhat_median": float(np.median(v_raw)),
                     "v_lambda_sorted_rhat_max": float(v_sorted.max()),
+                    "sampler": "with ridge moves",
                 },
             )
     if not args.quick:
@@ -310,21 +311,24 @@ def write_doc(results: dict, doc: Path) -> None:
             "Convergence, 4 chains x (200 warmup + 500 kept sweeps); rank-normalized R-hat; "
             "probe = latent predictions of 200 test cells",
             "",
-            "| features | split | fit s | RMSE | cov 90% | sigma R-hat | w0 R-hat "
+            "| features | split | sampler | fit s | RMSE | cov 90% | sigma R-hat | w0 R-hat "
             "| probe R-hat max | probe R-hat median | probe ESS min | linear precision R-hat max "
             "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(diags):
             r = diags[key]
             lines.append(
-                f"| {r['features']} | {r['split']} | {r['fit_s']:.0f} | {r['rmse']:.4f} "
+                f"| {r['features']} | {r['split']} | {r.get('sampler', '')} "
+                f"| {r['fit_s']:.0f} | {r['rmse']:.4f} "
                 f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} "
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "
                 f"| {r['w_lambda_rhat_max']:.3f} | {r['v_lambda_rhat_median']:.3f} "
                 f"| {r['v_lambda_sorted_rhat_max']:.3f} |"
             )
+        notes = [f"- {k}: {v['note']}" for k, v in sorted(diags.items()) if v.get("note")]
+        lines += ["", *notes] if notes else []
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {doc}")

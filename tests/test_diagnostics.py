@@ -128,3 +128,21 @@ def test_probe_cells_are_unobserved_and_carry_the_item_side(synthetic_split, svi
     assert all(genres[i] == g for i, g in zip(unobs.item_id, unobs.genres, strict=True))
     occupation = dict(zip(X.user_id, X.occupation, strict=False))
     assert all(occupation[u] == o for u, o in zip(unobs.user_id, unobs.occupation, strict=True))
+
+
+def test_one_chain_is_judged_by_its_ess_not_by_a_missing_r_hat():
+    """R-hat needs several chains: a single chain with ample ESS passes, and says why it has
+    no R-hat; a single chain with too few effective draws still warns; several chains with an
+    undefined R-hat warn."""
+    from bayesfm.diagnostics import ESS_PER_CHAIN_MIN, _flag_convergence
+
+    good = {"quantity": "sigma", "r_hat": np.nan, "ess_bulk": 900.0, "ess_tail": 800.0}
+    one = _flag_convergence(good, n_chains=1)
+    assert one["flag"] == "pass"
+    assert "one chain: no R-hat" in one["reason"]
+    poor = _flag_convergence({**good, "ess_bulk": ESS_PER_CHAIN_MIN - 1.0}, n_chains=1)
+    assert poor["flag"] == "warn"
+    assert poor["reason"].startswith(f"bulk ESS {ESS_PER_CHAIN_MIN - 1} <= {ESS_PER_CHAIN_MIN}")
+    assert "R-hat nan" not in poor["reason"]
+    four = _flag_convergence({**good, "ess_bulk": 4000.0, "ess_tail": 4000.0}, n_chains=4)
+    assert four["flag"] == "warn" and "R-hat nan >= 1.01" in four["reason"]
