@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,23 @@ SIDE_SPEC = [
     bfm.Numeric("age", owner="user_id"),
     bfm.MultiHot("genres", owner="item_id"),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every compiled CPU program holds memory mappings; the suite compiles thousands of them in
+    one process (10,000 mappings after the first few modules), towards the kernel's limit
+    ``vm.max_map_count`` (65,530 here). Near it XLA crashed inside a late compilation (a
+    segfault or an abort in ``backend_compile``, twice in test_specs after about 300 tests,
+    never with the module alone). Later modules recompile what they need.
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
