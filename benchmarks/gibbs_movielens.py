@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .core_movielens import cpu_model
+from .features import bayesfm_fields, myfm_design
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ("mf", "fm")
@@ -48,73 +49,13 @@ def _args():
     return p.parse_args()
 
 
-def side_fields(bfm):
-    return [
-        bfm.Categorical("user_id"),
-        bfm.Categorical("item_id"),
-        bfm.Numeric("age", owner="user_id"),
-        bfm.Categorical("gender", owner="user_id"),
-        bfm.Categorical("occupation", owner="user_id"),
-        bfm.MultiHot("genres", owner="item_id"),
-    ]
-
-
-def myfm_design(train, test, features: str):
-    """The same features as a sparse design for myFM (one-hot ids, standardized age,
-    one-hot gender and occupation, genres weighted 1/n), plus the group sizes."""
-    import scipy.sparse as sps
-
-    blocks_tr, blocks_te, shapes = [], [], []
-
-    def onehot(col):
-        levels = {v: i for i, v in enumerate(train[col].unique())}
-
-        def enc(df):
-            idx = df[col].map(levels).fillna(-1).to_numpy(int)
-            ok = idx >= 0
-            rows = np.flatnonzero(ok)
-            return sps.csr_matrix(
-                (np.ones(ok.sum()), (rows, idx[ok])), shape=(len(df), len(levels))
-            )
-
-        return enc(train), enc(test), len(levels)
-
-    cols = ["user_id", "item_id"] + (["gender", "occupation"] if features == "fm" else [])
-    for col in cols:
-        a, b, n = onehot(col)
-        blocks_tr.append(a)
-        blocks_te.append(b)
-        shapes.append(n)
-    if features == "fm":
-        mu, sd = train.age.mean(), train.age.std()
-        blocks_tr.append(sps.csr_matrix(((train.age.to_numpy() - mu) / sd)[:, None]))
-        blocks_te.append(sps.csr_matrix(((test.age.to_numpy() - mu) / sd)[:, None]))
-        shapes.append(1)
-        genres = sorted({g for gs in train.genres for g in gs})
-        gi = {g: i for i, g in enumerate(genres)}
-
-        def genre_matrix(df):
-            rows, cols_, vals = [], [], []
-            for r, gs in enumerate(df.genres):
-                known = [g for g in gs if g in gi]
-                for g in known:
-                    rows.append(r)
-                    cols_.append(gi[g])
-                    vals.append(1.0 / len(known))
-            return sps.csr_matrix((vals, (rows, cols_)), shape=(len(df), len(genres)))
-
-        blocks_tr.append(genre_matrix(train))
-        blocks_te.append(genre_matrix(test))
-        shapes.append(len(genres))
-    return sps.hstack(blocks_tr).tocsr(), sps.hstack(blocks_te).tocsr(), shapes
-
-
 def run_bayesfm(bfm, train, test, features, cfg):
     common = dict(rank=10, inference=cfg, random_state=0, progress_bar=False)
     if features == "mf":
         model = bfm.BayesianMF(**common)
     else:
-        model = bfm.BayesianFM(features=bfm.FeatureSpec(side_fields(bfm)), **common)
+        fields = bayesfm_fields(bfm, features, year=False)
+        model = bfm.BayesianFM(features=bfm.FeatureSpec(fields), **common)
     y = train.rating.to_numpy(float)
     t0 = time.perf_counter()
     model.fit(train, y)
@@ -172,7 +113,7 @@ def main() -> None:
             if not args.no_myfm:
                 import myfm
 
-                x_tr, x_te, shapes = myfm_design(train, test, features)
+                x_tr, x_te, _, _, shapes = myfm_design(train, test, features, year=False)
                 fm = myfm.MyFMRegressor(rank=10, random_seed=0)
                 t0 = time.perf_counter()
                 fm.fit(

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .core_movielens import cpu_model
-from .gibbs_movielens import side_fields
+from .features import bayesfm_fields
 from .suite import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,8 @@ def run_movielens(bfm, args, results: dict, save) -> None:
         if name == "mf":
             model = bfm.BayesianMF(**common)
         else:
-            model = bfm.BayesianFM(features=bfm.FeatureSpec(side_fields(bfm)), **common)
+            fields = bayesfm_fields(bfm, "fm", year=False)
+            model = bfm.BayesianFM(features=bfm.FeatureSpec(fields), **common)
         t0 = time.perf_counter()
         model.fit(train, train["rating"].to_numpy(float))
         fit_s = time.perf_counter() - t0

@@ -14,6 +14,7 @@ import bayesfm as bfm
 from bayesfm.data import ROW, FittedEncoder
 from bayesfm.fm import ModelSpec, fm_predictor
 from bayesfm.gibbs import (
+    _term_blocks,
     draw_gaussian,
     entity_systems,
     gibbs_plan,
@@ -39,6 +40,11 @@ def rich_problem():
     genres = [
         tuple(rng.choice(list("xyzw"), rng.integers(1, 4), replace=False)) for _ in range(n_items)
     ]
+    hour = rng.normal(size=n)
+    tags = [tuple(rng.choice(list("pqr"), rng.integers(0, 3), replace=False)) for _ in range(n)]
+    # "s" on every tagged row: the tag levels (12-29 rows) get two block widths, and 11 rows
+    # keep no tag at all
+    tags = [(*t, "s") if t else t for t in tags]
     X = pd.DataFrame(
         {
             "user_id": users,
@@ -46,10 +52,8 @@ def rich_problem():
             "occupation": occupation[users],
             "age": age[users],
             "genres": [genres[i] for i in items],
-            "hour": rng.normal(size=n),
-            "tags": [
-                tuple(rng.choice(list("pqr"), rng.integers(0, 3), replace=False)) for _ in range(n)
-            ],
+            "hour": hour,
+            "tags": tags,
         }
     )
     fields = [
@@ -131,6 +135,58 @@ def test_term_conditionals_match_dense_oracle(rich_problem):
         p_ref, b_ref = _oracle_all_levels(spec, data, params, y, offset, term.dim)
         np.testing.assert_allclose(precision, p_ref, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(shift, b_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_term_scan_carries_its_sums_across_blocks(rich_problem, monkeypatch):
+    """With each draw replaced by its conditional mean, repeated term updates are a block
+    coordinate ascent; at its fixed point every level must equal the mean of its exact
+    conditional given all the others. Stale sums between the blocks of a field (or between
+    the levels of a block) would settle elsewhere."""
+    import bayesfm.gibbs as gibbs
+
+    spec, data, params, y, offset = rich_problem
+
+    def conditional_mean(precision, shift, key, fallback):
+        return jnp.linalg.solve(precision, shift[..., None])[..., 0]
+
+    monkeypatch.setattr(gibbs, "draw_gaussian", conditional_mean)
+    for term in spec.structure.terms:
+        update = jax.jit(
+            lambda p, term=term: gibbs._update_term(
+                p, data, data["gibbs"], offset, y, spec, term, jax.random.key(0), None
+            )
+        )
+        p = params
+        for _ in range(200):
+            p = update(p)
+        precision, shift = jax.jit(partial(term_systems, spec=spec, term=term))(p, data, offset, y)
+        theta = jnp.concatenate([p[f"w_{term.dim}"][:, None], p[f"v_{term.dim}"]], axis=1)
+        expected = jnp.linalg.solve(precision, shift[..., None])[..., 0]
+        np.testing.assert_allclose(theta, expected, rtol=1e-3, atol=1e-3, err_msg=term.dim)
+
+
+def test_rich_problem_has_a_term_in_several_blocks(rich_problem):
+    _, data, _, _, _ = rich_problem
+    widths = [b["entries"].shape[1] for b in data["gibbs"]["terms"]["tags"]]
+    assert widths == [16, 32]
+
+
+def test_term_blocks_pick_the_widths_with_least_padding():
+    # ten levels with one entry and one with 100: one width pads all to 128 (1408 slots);
+    # two widths give 10 x 8 + 128 = 208, the least possible
+    counts = np.array([1] * 10 + [100])
+    index = np.random.default_rng(0).permutation(np.repeat(np.arange(11), counts))
+    one = _term_blocks(index, 11, max_blocks=1)
+    assert [b["entries"].shape for b in one] == [(11, 128)]
+    two = _term_blocks(index, 11, max_blocks=2)
+    assert [b["entries"].shape for b in two] == [(10, 8), (1, 128)]
+    for blocks in (one, two):
+        assert sorted(np.concatenate([b["levels"] for b in blocks])) == list(range(11))
+        for block in blocks:
+            for level, entries in zip(block["levels"], block["entries"], strict=True):
+                real = entries[: counts[level]]
+                np.testing.assert_array_equal(np.sort(real), np.flatnonzero(index == level))
+                assert np.all(entries[counts[level] :] == len(index))  # the zero entry
 
 
 def test_draw_gaussian_has_the_analytic_moments():
