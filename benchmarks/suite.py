@@ -739,6 +739,7 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
                 f"| {_fmt(r.get('cov90'), '.3f')} | {_fmt(r.get('width90'), '.3f')} "
                 f"| {_fmt(r.get('fit_s'), '.1f')} |"
             )
+        lines += _note_lines(cold)
     lines += _scaling_lines(results, gpu or {})
     if gpu:
         lines += _gpu_accuracy_lines(gpu)
