@@ -88,10 +88,10 @@ def _genres(train: pd.DataFrame, frames: list[pd.DataFrame]):
     for df in frames:
         rows, cols, vals = [], [], []
         for r, gs in enumerate(df.genres):
-            known = [g for g in gs if g in index]
+            known = [g for g in gs if g in index]  # may be empty: genres unseen in training
             rows += [r] * len(known)
             cols += [index[g] for g in known]
-            vals += [1.0 / len(known)] * len(known)
+            vals += [1.0 / max(len(known), 1)] * len(known)
         out.append(sps.csr_matrix((vals, (rows, cols)), shape=(len(df), len(index))))
     return out, len(index)
 

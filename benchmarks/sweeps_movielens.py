@@ -1,0 +1,209 @@
+"""Longer Gibbs runs: bayesfm against myFM at more sweeps, on the five folds u1-u5.
+
+The suite fits every Gibbs system for 200 sweeps and keeps the last 100. Both samplers
+still gain accuracy after that (myFM's published MovieLens-100K results keep all of 512
+sweeps), so this study reruns the FM systems of the suite, same features and same code
+(``benchmarks.suite.run_system``), at a longer schedule: both samplers the same sweeps,
+one after the other in the same process, so that the time ratio is meaningful. The doc puts
+the suite's 200-sweep rows of the same folds beside them.
+
+Writes ``benchmarks/results/sweeps.json`` (merged across invocations, keyed by features,
+sweeps and split) and ``docs/benchmarks_sweeps.md``.
+
+Usage::
+
+    python -m benchmarks.sweeps_movielens --sweeps 512 --burn-in 100
+    python -m benchmarks.sweeps_movielens --doc-only
+    python -m benchmarks.sweeps_movielens --quick    # tiny smoke run (no doc); CI runs it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from .core_movielens import cpu_model
+from .features import FEATURES as FEATURE_TEXT
+from .suite import Settings, _add_ratio, load_split, run_system
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = ("fm", "fm_full")
+FOLDS = ("u1", "u2", "u3", "u4", "u5")
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=os.environ.get("BAYESFM_ML100K"))
+    p.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES))
+    p.add_argument("--splits", nargs="+", choices=FOLDS, default=list(FOLDS))
+    p.add_argument("--sweeps", type=int, default=512, help="total sweeps of each sampler")
+    p.add_argument("--burn-in", type=int, default=100, help="sweeps dropped before keeping")
+    p.add_argument("--quick", action="store_true", help="tiny settings, synthetic if no data")
+    p.add_argument("--doc-only", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweeps.json"))
+    p.add_argument("--suite", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks_sweeps.md"))
+    args = p.parse_args()
+    if not 0 <= args.burn_in < args.sweeps:
+        p.error(
+            f"--burn-in must be in [0, --sweeps), got {args.burn_in} with --sweeps {args.sweeps}"
+        )
+    return args
+
+
+def main() -> None:
+    args = _args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and not args.quick else {}
+    suite_file = Path(args.suite)
+    suite = json.loads(suite_file.read_text()) if suite_file.exists() else {}
+    if args.doc_only:
+        write_doc(results, suite, Path(args.doc))
+        return
+    import bayesfm as bfm
+
+    if args.data is None:
+        default = ROOT.parent / "shared" / "data" / "ml-100k"
+        args.data = str(default) if default.exists() else None
+    if args.quick:
+        # one feature set on one split: the script's own code (every system is the suite's)
+        s, args.splits, args.features = Settings.quick(), args.splits[:1], args.features[:1]
+    else:
+        s = Settings(sweeps=args.sweeps, kept=args.sweeps - args.burn_in)
+
+    def save(key: str, row: dict) -> None:
+        results[key] = row
+        print(json.dumps({key: row}), flush=True)
+        if not args.quick:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+
+    for split in args.splits:
+        train, test = load_split(args.data, split, s.rows)
+        for features in args.features:
+            ref = run_system(bfm, f"myfm/{features}", train, test, s)
+            row = run_system(bfm, f"bayesfm/{features}/gibbs", train, test, s)
+            _add_ratio(row, ref)
+            save(
+                f"{features}/{s.sweeps}/{split}",
+                {
+                    "features": features,
+                    "split": split,
+                    "sweeps": s.sweeps,
+                    "kept": s.kept,
+                    "bayesfm": row,
+                    "myfm": ref,
+                },
+            )
+    # quick mode checks the doc writer too, on a scratch file
+    doc = Path(tempfile.mkdtemp()) / "sweeps.md" if args.quick else Path(args.doc)
+    write_doc(results, suite, doc)
+
+
+def _suite_rows(suite: dict) -> dict:
+    """The suite's Gibbs rows in this study's layout, keyed like it (200 sweeps)."""
+    rows = {}
+    for features in FEATURES:
+        for split in FOLDS:
+            b = suite.get(f"accuracy/bayesfm/{features}/gibbs/{split}")
+            m = suite.get(f"accuracy/myfm/{features}/{split}")
+            if b and m:
+                rows[f"{features}/200/{split}"] = {
+                    "features": features,
+                    "split": split,
+                    "sweeps": 200,
+                    "kept": 100,
+                    "bayesfm": b,
+                    "myfm": m,
+                    "source": "suite",
+                }
+    return rows
+
+
+def _mean_sd(values: list[float], spec: str) -> str:
+    return f"{np.mean(values):{spec}} ({np.std(values):{spec}})"
+
+
+def write_doc(results: dict, suite: dict, doc: Path) -> None:
+    """``docs/benchmarks_sweeps.md`` from the JSON results (nothing typed by hand)."""
+    import jax
+
+    import bayesfm
+
+    try:
+        import myfm
+
+        myfm_version = myfm.__version__
+    except ImportError:
+        myfm_version = "not installed"
+    rows = {**_suite_rows(suite), **results}
+    lines = [
+        "# Longer Gibbs runs: bayesfm against myFM at more sweeps",
+        "",
+        "Generated by `python -m benchmarks.sweeps_movielens`; do not edit by hand.",
+        "",
+        f"- date: {date.today().isoformat()}; machine: {cpu_model()}, {os.cpu_count()} cores; "
+        f"JAX backend {jax.default_backend()}",
+        f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}, myFM {myfm_version}",
+        "- rank 10, one chain; both samplers run the same sweeps and keep the same last sweeps,",
+        "  one after the other in the same process. The 200-sweep rows are the suite's",
+        "  ([benchmarks.md](benchmarks.md)); the longer runs are this script's.",
+        *(f"- `{k}`: {v}" for k, v in FEATURE_TEXT.items() if k in FEATURES),
+        "- ratio = bayesfm time / myFM time (same run, same split); `sampling`: the sampler",
+        "  alone, `incl.`: the whole `fit` with JAX compilation and InferenceData.",
+        "",
+        "## Mean (sd) over the folds u1-u5",
+        "",
+        "| features | sweeps (kept) | folds | bayesfm RMSE | myFM RMSE | bayesfm cov 90% "
+        "| myFM cov 90% | bayesfm fit s | myFM fit s | ratio sampling | ratio incl. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows.values():
+        groups.setdefault((r["features"], r["sweeps"]), []).append(r)
+    for (features, sweeps), rs in sorted(groups.items()):
+        b = [r["bayesfm"] for r in rs]
+        m = [r["myfm"] for r in rs]
+        lines.append(
+            f"| {features} | {sweeps} ({rs[0]['kept']}) | {len(rs)} "
+            f"| {_mean_sd([x['rmse'] for x in b], '.4f')} "
+            f"| {_mean_sd([x['rmse'] for x in m], '.4f')} "
+            f"| {np.mean([x['cov90'] for x in b]):.3f} | {np.mean([x['cov90'] for x in m]):.3f} "
+            f"| {np.mean([x['fit_s'] for x in b]):.1f} | {np.mean([x['fit_s'] for x in m]):.1f} "
+            f"| {_mean_sd([x.get('ratio_sampling', np.nan) for x in b], '.2f')} "
+            f"| {_mean_sd([x.get('ratio_incl_compile', np.nan) for x in b], '.2f')} |"
+        )
+    lines += [
+        "",
+        "## Per fold",
+        "",
+        "| features | split | sweeps (kept) | bayesfm RMSE | myFM RMSE | bayesfm LPD | myFM LPD "
+        "| bayesfm s (compile) | myFM s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(rows, key=lambda k: (rows[k]["features"], rows[k]["sweeps"], k)):
+        r = rows[key]
+        b, m = r["bayesfm"], r["myfm"]
+        lines.append(
+            f"| {r['features']} | {r['split']} | {r['sweeps']} ({r['kept']}) | {b['rmse']:.4f} "
+            f"| {m['rmse']:.4f} | {b['mlpd']:.4f} | {m['mlpd']:.4f} "
+            f"| {b['fit_s']:.1f} ({b['compile_s']:.1f}) | {m['fit_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "`fm_full` is the ordered probit: its RMSE is of E[star], its LPD a log probability",
+        "of the observed star (not comparable with the Gaussian `fm` rows).",
+    ]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc}")
+
+
+if __name__ == "__main__":
+    main()
