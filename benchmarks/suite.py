@@ -69,7 +69,6 @@ SYSTEMS = (
 # quick mode: every adapter and code path once (JAX compilation sets its time, not the data)
 QUICK_SYSTEMS = (
     "bayesfm/mf/gibbs",
-    "bayesfm/mf/svi",
     "bayesfm/fm_full/svi",
     "myfm/mf",
     "myfm/fm",
@@ -434,47 +433,50 @@ SCALING_METHODS = ("gibbs", "svi", "svi_mb")
 SCALING_STEPS = {"gibbs": 20, "svi": 50, "svi_mb": 1000}
 
 
-def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
+def _scaling_runs(args) -> list[tuple[int, str, int]]:
+    """``(N, method, devices)`` of every scaling run."""
     if args.quick:
-        # each method's code path once, full-batch SVI on two devices (fewer processes)
-        runs = [(10_000, "gibbs", 1), (10_000, "svi_mb", 1), (10_000, "svi", 2)]
-    else:
-        sizes = list(args.scaling_n) + ([10_000_000] if args.large else [])
-        runs = [(n, m, 1) for n in sizes for m in args.scaling_methods]
-        # rows split over two simulated host devices (data_devices=2); minibatch SVI uses one
-        runs += [
-            (n, m, 2) for n in args.scaling_n_2dev for m in args.scaling_methods if m != "svi_mb"
-        ]
+        # the script's code path in two processes: Gibbs on two devices (the sharded path)
+        # and minibatch SVI; full-batch SVI is the accuracy part's
+        return [(10_000, "gibbs", 2), (10_000, "svi_mb", 1)]
+    sizes = list(args.scaling_n) + ([10_000_000] if args.large else [])
+    runs = [(n, m, 1) for n in sizes for m in args.scaling_methods]
+    # rows split over two simulated host devices (data_devices=2); minibatch SVI uses one
+    return runs + [
+        (n, m, 2) for n in args.scaling_n_2dev for m in args.scaling_methods if m != "svi_mb"
+    ]
 
-    def launch(n: int, method: str, devices: int) -> subprocess.Popen:
-        steps = 2 if args.quick else SCALING_STEPS[method]
-        env = dict(os.environ)
-        if devices > 1:
-            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        command = ["benchmarks.scaling_run", str(n), method, str(steps), str(devices)]
-        return subprocess.Popen(
-            [sys.executable, "-m", *command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
 
-    def collect(proc: subprocess.Popen, n: int, method: str, devices: int) -> None:
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            print(stderr[-3000:], flush=True)
-            raise SystemExit(f"scaling run n={n} method={method} devices={devices} failed")
-        suffix = "" if devices == 1 else f"/{devices}dev"
-        save(f"scaling/{method}/{n}{suffix}", json.loads(stdout.strip().splitlines()[-1]))
+def _launch_scaling(args, n: int, method: str, devices: int) -> subprocess.Popen:
+    """One scaling run in its own process (so that its peak memory is its own)."""
+    steps = 2 if args.quick else SCALING_STEPS[method]
+    env = dict(os.environ)
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    command = ["benchmarks.scaling_run", str(n), method, str(steps), str(devices)]
+    return subprocess.Popen(
+        [sys.executable, "-m", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
 
-    if args.quick:  # the figures do not matter there: run the processes side by side
-        for proc, run in [(launch(*run), run) for run in runs]:
-            collect(proc, *run)
-    else:  # one at a time, so that each is timed alone
-        for run in runs:
-            collect(launch(*run), *run)
+
+def _collect_scaling(proc: subprocess.Popen, n: int, method: str, devices: int, save) -> None:
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        print(stderr[-3000:], flush=True)
+        raise SystemExit(f"scaling run n={n} method={method} devices={devices} failed")
+    suffix = "" if devices == 1 else f"/{devices}dev"
+    save(f"scaling/{method}/{n}{suffix}", json.loads(stdout.strip().splitlines()[-1]))
+
+
+def part_scaling(bfm, args, s: Settings, results: dict, save) -> None:
+    """Each run alone, one after the other, so that each is timed alone."""
+    for run in _scaling_runs(args):
+        _collect_scaling(_launch_scaling(args, *run), *run, save)
 
 
 # ------------------------------------------------------------------------------ doc
@@ -812,12 +814,18 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))
 
     t0 = time.perf_counter()
+    started = []
+    if args.quick:  # the figures do not matter there: scaling runs beside the other parts
+        started = [(_launch_scaling(args, *run), run) for run in _scaling_runs(args)]
+        parts = [p for p in parts if p != "scaling"]
     for part in parts:
         t_part = time.perf_counter()
         {"accuracy": part_accuracy, "coldstart": part_coldstart, "scaling": part_scaling}[part](
             bfm, args, s, results, save
         )
         print(f"{part} done in {time.perf_counter() - t_part:.0f} s", flush=True)
+    for proc, run in started:
+        _collect_scaling(proc, *run, save)
     print(f"suite done in {time.perf_counter() - t0:.0f} s", flush=True)
     # quick mode checks the doc writer too, on a scratch file
     doc = Path(tempfile.mkdtemp()) / "benchmarks.md" if args.quick else Path(args.doc)
