@@ -81,6 +81,9 @@ NUTS_SPLITS = ("ua",)
 # fm_full under NUTS did not finish 4 x (300 + 300) iterations in 2.3 hours here (every
 # iteration hits the tree-depth limit), so it runs a shorter schedule, stated in the doc
 NUTS_SHORT = {"fm_full": dict(num_chains=2, num_warmup=200, num_samples=100, max_tree_depth=7)}
+# on the folds u1-u5, every NUTS system runs this shorter schedule (5 fits each): with
+# ``--cpu-devices 2`` its two chains run in parallel, one per core
+NUTS_FOLDS = dict(num_chains=2, num_warmup=200, num_samples=100)
 
 
 @dataclass
@@ -121,6 +124,12 @@ def _args() -> argparse.Namespace:
         type=int,
         default=[100_000, 1_000_000],
         help="sizes also run with the rows split over two host devices",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=1,
+        help="CPU devices JAX exposes (NUTS then runs up to that many chains in parallel)",
     )
     p.add_argument("--quick", action="store_true", help="tiny settings for CI (no doc)")
     p.add_argument("--doc-only", action="store_true")
@@ -163,7 +172,7 @@ def synthetic_movielens(seed: int, n: int = 3000):
 
 
 # ------------------------------------------------------------------------- systems
-def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0):
+def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0, split: str = "ua"):
     if method == "gibbs":
         inf = bfm.GibbsConfig(num_warmup=s.sweeps - s.kept, num_samples=s.kept, num_chains=1)
     elif method == "svi":
@@ -173,6 +182,8 @@ def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0):
             num_warmup=s.nuts_warmup, num_samples=s.nuts_samples, num_chains=s.nuts_chains
         )
         if s.rows is None:  # full size
+            if split != "ua":
+                schedule.update(NUTS_FOLDS)
             schedule.update(NUTS_SHORT.get(features, {}))
         inf = bfm.NUTSConfig(**schedule, init_svi_steps=s.nuts_init_svi)
     common = dict(rank=10, inference=inf, random_state=seed, progress_bar=False)
@@ -183,9 +194,9 @@ def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0):
     return bfm.BayesianFM(features=bfm.FeatureSpec(fields), task=task, **common)
 
 
-def run_bayesfm(bfm, system: str, train, test, s: Settings) -> dict:
+def run_bayesfm(bfm, system: str, train, test, s: Settings, split: str = "ua") -> dict:
     _, features, method = system.split("/")
-    model = bayesfm_model(bfm, features, method, s)
+    model = bayesfm_model(bfm, features, method, s, split=split)
     y_train = train["rating"].to_numpy(float)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -213,7 +224,20 @@ def run_bayesfm(bfm, system: str, train, test, s: Settings) -> dict:
         "sample_s": sample_s,
         "predict_s": predict_s,
         "draws": model.draws_.num_chains * model.draws_.num_draws,
+        "schedule": _schedule(model),
     }
+
+
+def _schedule(model) -> str:
+    """The inference schedule a fit ran, as the doc states it."""
+    cfg = model.inference
+    if not hasattr(cfg, "max_tree_depth"):
+        return ""
+    return (
+        f"{cfg.num_chains} x ({cfg.num_warmup} + {cfg.num_samples}), "
+        f"tree depth <= {cfg.max_tree_depth}, "
+        f"{model.timings_.get('chain_method', cfg.chain_method)} chains"
+    )
 
 
 def run_myfm(system: str, train, test, s: Settings) -> dict:
@@ -301,13 +325,13 @@ def run_surprise(system: str, train, test, s: Settings) -> dict:
     return {"mean": mean, "fit_s": fit_s, "compile_s": 0.0, "predict_s": predict_s}
 
 
-def run_system(bfm, system: str, train, test, s: Settings) -> dict:
+def run_system(bfm, system: str, train, test, s: Settings, split: str = "ua") -> dict:
     """Fit one system and score its predictions on ``test``."""
     import jax
 
     lib = system.split("/")[0]
     if lib == "bayesfm":
-        out = run_bayesfm(bfm, system, train, test, s)
+        out = run_bayesfm(bfm, system, train, test, s, split)
         # free compiled programs: dozens of fits in one process otherwise exhaust the
         # memory maps the kernel allows (vm.max_map_count)
         jax.clear_caches()
@@ -332,6 +356,8 @@ def run_system(bfm, system: str, train, test, s: Settings) -> dict:
     if "mlpd" in out:
         row["mlpd"] = out["mlpd"]
         row["draws"] = out["draws"]
+    if out.get("schedule"):
+        row["schedule"] = out["schedule"]
     for p, (lo, hi) in out.get("intervals", {}).items():
         tag = int(round(100 * p))
         row[f"cov{tag}"] = float(np.mean((y >= lo) & (y <= hi)))
@@ -371,7 +397,7 @@ def part_accuracy(bfm, args, s: Settings, results: dict, save) -> None:
         for system in systems:
             if system.endswith("/nuts") and split not in args.nuts_splits and not args.quick:
                 continue
-            row = run_system(bfm, system, train, test, s)
+            row = run_system(bfm, system, train, test, s, split)
             row["split"] = split
             rows[system] = row
             # each row is saved when it is done (a cut-off run keeps it), with its ratio to
@@ -622,6 +648,36 @@ def _gpu_accuracy_lines(gpu: dict) -> list[str]:
     return lines + _note_lines(acc)
 
 
+def _nuts_schedule_lines(acc: dict) -> list[str]:
+    """One bullet per NUTS system: the schedule each of its splits ran."""
+    lines = []
+    for system in (x for x in SYSTEMS if x.endswith("/nuts")):
+        by_schedule: dict[str, list[str]] = {}
+        for key in sorted(k for k in acc if k.startswith(f"accuracy/{system}/")):
+            row = acc[key]
+            by_schedule.setdefault(row.get("schedule") or _legacy_schedule(system), []).append(
+                row["split"]
+            )
+        runs = "; ".join(f"{', '.join(sp)}: {sch}" for sch, sp in by_schedule.items())
+        if runs:
+            lines.append(f"  - `{system}`: {runs}")
+    return lines
+
+
+def _legacy_schedule(system: str) -> str:
+    """The schedule of a row saved before rows recorded it: ua, one CPU device."""
+    from bayesfm import NUTSConfig
+
+    s = Settings()
+    cfg = dict(num_chains=s.nuts_chains, num_warmup=s.nuts_warmup, num_samples=s.nuts_samples)
+    cfg.update(NUTS_SHORT.get(system.split("/")[1], {}))
+    depth = cfg.get("max_tree_depth", NUTSConfig().max_tree_depth)
+    return (
+        f"{cfg['num_chains']} x ({cfg['num_warmup']} + {cfg['num_samples']}), "
+        f"tree depth <= {depth}, sequential chains"
+    )
+
+
 def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
     """``docs/benchmarks.md`` from the JSON results (nothing typed by hand).
 
@@ -654,15 +710,12 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
         "- rank 10 for every factorization model. Features: "
         + "; ".join(f"`{k}` = {v}" for k, v in FEATURES.items()),
         "- settings: Gibbs (bayesfm and myFM) 200 sweeps, the last 100 kept, one chain; SVI 3000",
-        "  steps, mean-field, 1000 draws; NUTS 4 chains x (300 warmup + 300 draws) after a",
-        "  1500-step SVI initialization (ua only: tens of minutes per fit on this machine).",
-        *(
-            f"  NUTS for `{k}`: {v['num_chains']} chains x ({v['num_warmup']} warmup + "
-            f"{v['num_samples']} draws), tree depth at most {v['max_tree_depth']} (the full "
-            "schedule did not finish in 2.3 hours)."
-            for k, v in NUTS_SHORT.items()
-        ),
-        "  `fm_full` uses the ordered probit; its Gibbs sampler draws the latent utilities",
+        "  steps, mean-field, 1000 draws; NUTS after a 1500-step SVI initialization, with",
+        "  chains x (warmup + draws) as listed below (tens of minutes per fit on this",
+        "  machine, so fewer iterations on the five folds; the full schedule of `fm_full` did",
+        "  not finish in 2.3 hours, since every iteration hits the tree-depth limit):",
+        *_nuts_schedule_lines(acc),
+        "- `fm_full` uses the ordered probit; its Gibbs sampler draws the latent utilities",
         "  (Albert–Chib) and the cutpoints by slice sampling with the utilities integrated out.",
         "- LPD = mean test log predictive density (higher is better); coverage of central",
         "  predictive intervals; Surprise gives point predictions only. myFM's predictive",
@@ -801,6 +854,11 @@ def main() -> None:
     if args.data is None:
         default = ROOT.parent / "shared" / "data" / "ml-100k"
         args.data = str(default) if default.exists() else None
+    import jax
+
+    if args.cpu_devices < 1:
+        raise SystemExit(f"--cpu-devices: got {args.cpu_devices}; allowed: an integer >= 1")
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any computation
     import bayesfm as bfm
 
     s = Settings.quick() if args.quick else Settings()
