@@ -740,9 +740,9 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
         "",
         "## Accuracy and calibration, split ua",
         "",
-        "| system | RMSE | MAE | LPD | cov 50% | cov 90% | width 90% | fit s | compile s "
-        "| predict s | ratio sampling | ratio excl. | ratio incl. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| system | RMSE | MAE | LPD | cov 50% | width 50% | cov 90% | width 90% | fit s "
+        "| compile s | predict s | ratio sampling | ratio excl. | ratio incl. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system in SYSTEMS:
         r = acc.get(f"accuracy/{system}/ua")
@@ -750,7 +750,8 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
             continue
         lines.append(
             f"| {system} | {r['rmse']:.4f} | {r['mae']:.4f} | {_fmt(r.get('mlpd'), '.4f')} "
-            f"| {_fmt(r.get('cov50'), '.3f')} | {_fmt(r.get('cov90'), '.3f')} "
+            f"| {_fmt(r.get('cov50'), '.3f')} | {_fmt(r.get('width50'), '.3f')} "
+            f"| {_fmt(r.get('cov90'), '.3f')} "
             f"| {_fmt(r.get('width90'), '.3f')} | {r['fit_s']:.1f} | {r['compile_s']:.1f} "
             f"| {r['predict_s']:.2f} | {_fmt(r.get('ratio_sampling'), '.2f')} "
             f"| {_fmt(r.get('ratio_excl_compile'), '.2f')} "
@@ -763,9 +764,9 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
         "",
         "## Five folds u1-u5: mean (sd) over folds",
         "",
-        "| system | folds | RMSE | MAE | LPD | cov 90% | width 90% | fit s | ratio sampling "
-        "| ratio excl. |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | folds | RMSE | MAE | LPD | cov 50% | width 50% | cov 90% | width 90% "
+        "| fit s | compile s | predict s | ratio sampling | ratio excl. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system in SYSTEMS:
         rows = [acc[k] for k in (f"accuracy/{system}/u{i}" for i in range(1, 6)) if k in acc]
@@ -781,9 +782,10 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
 
         lines.append(
             f"| {system} | {len(rows)} | {ms('rmse', '.4f')} | {ms('mae', '.4f')} "
-            f"| {ms('mlpd', '.4f')} | {ms('cov90', '.3f')} | {ms('width90', '.3f')} "
-            f"| {ms('fit_s', '.1f')} | {ms('ratio_sampling', '.2f')} "
-            f"| {ms('ratio_excl_compile', '.2f')} |"
+            f"| {ms('mlpd', '.4f')} | {ms('cov50', '.3f')} | {ms('width50', '.3f')} "
+            f"| {ms('cov90', '.3f')} | {ms('width90', '.3f')} | {ms('fit_s', '.1f')} "
+            f"| {ms('compile_s', '.1f')} | {ms('predict_s', '.2f')} "
+            f"| {ms('ratio_sampling', '.2f')} | {ms('ratio_excl_compile', '.2f')} |"
         )
     lines += _note_lines(acc)
     cold = {k: v for k, v in results.items() if k.startswith("coldstart/")}
