@@ -21,7 +21,7 @@ Usage::
 
     python -m benchmarks.suite --all              # every part at full size (hours on 2 cores)
     python -m benchmarks.suite --parts accuracy --splits ua u1 --systems bayesfm/mf/gibbs myfm/mf
-    python -m benchmarks.suite --parts accuracy --splits u1 u2 u3 u4 u5 \
+    python -m benchmarks.suite --parts accuracy --splits u1 u2 u3 u4 u5 \\
         --systems myfm/mf bayesfm/mf/nuts --nuts-splits u1 u2 u3 u4 u5 --cpu-devices 2
                                                   # NUTS on the folds, chains one per core
     python -m benchmarks.suite --quick            # every part, tiny (< 2 minutes); CI runs it
