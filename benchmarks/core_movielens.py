@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from .features import bayesfm_fields
+from .results_io import write_lines
 
 PARTS = ("mf_svi", "mf_nuts", "fm_svi", "fm_nuts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,9 +208,7 @@ def write_doc(results: dict, doc: Path) -> None:
         lines += ["", "| model | folds | mean RMSE u1-u5 | sd |", "|---|---|---|---|"]
         for part, v in sorted(folds.items()):
             lines.append(f"| {part} | {len(v)} | {np.mean(v):.4f} | {np.std(v):.4f} |")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}")
+    write_lines(doc, lines)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 
 from .core_movielens import cpu_model
 from .features import bayesfm_fields, myfm_design
+from .results_io import write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ("mf", "fm")
@@ -270,9 +271,7 @@ def write_doc(results: dict, doc: Path) -> None:
             )
         notes = [f"- {k}: {v['note']}" for k, v in sorted(diags.items()) if v.get("note")]
         lines += ["", *notes] if notes else []
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}")
+    write_lines(doc, lines)
 
 
 if __name__ == "__main__":

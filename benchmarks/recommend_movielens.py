@@ -38,6 +38,7 @@ import pandas as pd
 
 from .core_movielens import cpu_model
 from .features import bayesfm_fields
+from .results_io import row_saver, write_lines
 from .suite import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,9 +301,7 @@ def write_doc(results: dict, doc: Path) -> None:
                 f"| {b['strategy']} | {b['cumulative_regret']:.3f} "
                 f"({b['cumulative_regret_sd']:.3f}) | {per} | {share} |"
             )
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}")
+    write_lines(doc, lines)
 
 
 def main() -> None:
@@ -318,12 +317,7 @@ def main() -> None:
     if args.quick:
         args.warmup, args.samples, args.chains, args.models = 10, 10, 1, ["mf"]
 
-    def save(key: str, row: dict) -> None:
-        results[key] = row
-        print(json.dumps({key: row}), flush=True)
-        if not args.quick:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1))
+    save = row_saver(results, out, persist=not args.quick)
 
     if "movielens" in parts:
         run_movielens(bfm, args, results, save)

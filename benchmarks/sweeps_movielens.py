@@ -30,6 +30,7 @@ import numpy as np
 
 from .core_movielens import cpu_model
 from .features import FEATURES as FEATURE_TEXT
+from .results_io import row_saver, write_lines
 from .suite import Settings, _add_ratio, load_split, run_system
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +78,7 @@ def main() -> None:
     else:
         s = Settings(sweeps=args.sweeps, kept=args.sweeps - args.burn_in)
 
-    def save(key: str, row: dict) -> None:
-        results[key] = row
-        print(json.dumps({key: row}), flush=True)
-        if not args.quick:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1))
+    save = row_saver(results, out, persist=not args.quick)
 
     for split in args.splits:
         train, test = load_split(args.data, split, s.rows)
@@ -200,9 +196,7 @@ def write_doc(results: dict, suite: dict, doc: Path) -> None:
         "`fm_full` is the ordered probit: its RMSE is of E[star], its LPD a log probability",
         "of the observed star (not comparable with the Gaussian `fm` rows).",
     ]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}")
+    write_lines(doc, lines)
 
 
 if __name__ == "__main__":
