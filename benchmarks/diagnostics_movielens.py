@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .core_movielens import cpu_model
+from .results_io import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,17 +1,42 @@
-"""Saving result rows and writing generated doc pages, shared by the benchmark scripts."""
+"""Saving result rows and writing generated doc pages, shared by the benchmark scripts.
+
+Every saved row records the machine that produced it: the result files gather rows from
+runs over several sessions, and a page must not label them all with the machine that
+happened to write it last.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import platform
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
+def cpu_model() -> str:
+    """The CPU model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def this_machine() -> str:
+    """The CPU model and core count of the machine running this process."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
 def row_saver(results: dict, out: Path, persist: bool) -> Callable[[str, dict], None]:
-    """A ``save(key, row)`` that records a row, prints it and, if ``persist``, rewrites
-    ``out`` at once (so that a run cut off keeps every row it finished)."""
+    """A ``save(key, row)`` that stamps the row with this machine (unless it names one),
+    records it, prints it and, if ``persist``, rewrites ``out`` at once (so that a run cut
+    off keeps every row it finished)."""
 
     def save(key: str, row: dict) -> None:
+        row.setdefault("machine", this_machine())
         results[key] = row
         print(json.dumps({key: row}), flush=True)
         if persist:
@@ -19,6 +44,24 @@ def row_saver(results: dict, out: Path, persist: bool) -> Callable[[str, dict], 
             out.write_text(json.dumps(results, indent=1))
 
     return save
+
+
+def machine_counts(rows: Iterable[dict]) -> str:
+    """How many rows each recorded machine produced, e.g. ``"Xeon, 2 cores: 12 rows"``
+    (rows saved before machines were recorded are counted as such)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        name = row.get("machine", "not recorded") if isinstance(row, dict) else "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items()))
+
+
+def machine_line(rows: Iterable[dict]) -> str:
+    """The header text of a generated page: this run's machine, then the rows' machines."""
+    return (
+        f"machine of this page's last run: {this_machine()}; "
+        f"rows per recorded machine: {machine_counts(rows)}"
+    )
 
 
 def write_lines(doc: Path, lines: list[str]) -> None:

@@ -3,6 +3,7 @@
 Usage::
 
     python tools/run_notebooks.py --quick          # CI: BAYESFM_QUICK=1, outputs discarded
+                                                   # (and most XLA optimizations off)
     python tools/run_notebooks.py                  # full size: outputs written back in place
     python tools/run_notebooks.py 02_movielens     # only the notebooks whose names contain this
 
@@ -43,6 +44,9 @@ def run(path: Path, quick: bool, timeout: int, kernel: str) -> float:
     """Execute one notebook; write its outputs back unless `quick`. Returns seconds."""
     nb = nbformat.read(path, as_version=4)
     os.environ["BAYESFM_QUICK"] = "1" if quick else "0"
+    # a quick run is a smoke run: on its tiny data XLA's optimizations cost more time than
+    # they save (as for the benchmark scripts' --quick; see benchmarks/smoke.py)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1" if quick else "0"
     client = NotebookClient(
         nb,
         timeout=timeout,
