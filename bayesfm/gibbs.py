@@ -64,6 +64,7 @@ __all__ = [
     "gibbs_sweep",
     "draw_gaussian",
     "normal_gamma_draw",
+    "normal_gamma_draws",
     "entity_systems",
     "term_systems",
     "scale_exchange",
@@ -183,15 +184,38 @@ def normal_gamma_draw(
     ``x_j ~ N(mu, 1/lambda)``; the posterior is Normal–Gamma, drawn exactly (lambda first,
     with mu integrated out, then mu given lambda).
     """
-    n = x.shape[0]
-    mean = jnp.mean(x, axis=0)
-    ss = jnp.sum((x - mean) ** 2, axis=0)
-    rate = beta0 + 0.5 * (ss + gamma0 * n * (mean - mu0) ** 2 / (gamma0 + n))
+    return normal_gamma_draws([x], key, alpha0, beta0, gamma0, mu0)[0]
+
+
+def normal_gamma_draws(
+    xs: list[jnp.ndarray], key: jax.Array, alpha0: float, beta0: float, gamma0: float, mu0: float
+) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+    """:func:`normal_gamma_draw` for several groups at once, independently.
+
+    One gamma and one normal draw serve every group: each random-number call site compiles
+    to its own large kernel (the gamma's rejection loop above all), so drawing a sweep's
+    2 x groups hyperparameters in one call cut its compile time.
+    """
+    stats = []
+    for x in xs:
+        n = x.shape[0]
+        mean = jnp.mean(x, axis=0)
+        ss = jnp.sum((x - mean) ** 2, axis=0)
+        rate = beta0 + 0.5 * (ss + gamma0 * n * (mean - mu0) ** 2 / (gamma0 + n))
+        stats.append((n, mean, rate))
+    alpha = jnp.concatenate([jnp.full(m.size, alpha0 + 0.5 * n) for n, m, _ in stats])
     k_lam, k_mu = jax.random.split(key)
-    lam = jax.random.gamma(k_lam, alpha0 + 0.5 * n, mean.shape) / rate
-    loc = (gamma0 * mu0 + n * mean) / (gamma0 + n)
-    mu = loc + jax.random.normal(k_mu, mean.shape) / jnp.sqrt((gamma0 + n) * lam)
-    return mu, lam
+    gammas = jax.random.gamma(k_lam, alpha)
+    normals = jax.random.normal(k_mu, alpha.shape)
+    out, start = [], 0
+    for n, mean, rate in stats:
+        size = mean.size
+        lam = gammas[start : start + size].reshape(mean.shape) / rate
+        z = normals[start : start + size].reshape(mean.shape)
+        loc = (gamma0 * mu0 + n * mean) / (gamma0 + n)
+        out.append((loc + z / jnp.sqrt((gamma0 + n) * lam), lam))
+        start += size
+    return out
 
 
 def _block_prior(params: dict, group: str) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -501,9 +525,9 @@ def gibbs_sweep(
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
-    # per group: its update and two Normal-Gamma draws; then the probit step (2), the
-    # intercepts, the ridge moves, the scale exchange, and the noise or the cutpoint shifts
-    keys = iter(jax.random.split(key, 7 + 3 * len(structure.groups)))
+    # per group: its update; then the probit step (2), the intercepts, the ridge moves, the
+    # Normal-Gamma draws of all groups, the scale exchange, and the noise or the cutpoints
+    keys = iter(jax.random.split(key, 8 + len(structure.groups)))
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
         params, y = _augment(params, data, offset, y, spec, next(keys), next(keys))
@@ -513,18 +537,13 @@ def gibbs_sweep(
         params = _update_term(params, data, plan, offset, y, spec, term, next(keys), mesh)
     params = _update_intercepts(params, data, offset, y, spec, next(keys))
     params = _ridge_moves(params, data, spec, next(keys))
-    ng = partial(
-        normal_gamma_draw,
-        alpha0=prior.alpha0,
-        beta0=prior.beta0,
-        gamma0=prior.gamma0,
-        mu0=prior.mu0,
+    members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
+    hyper = iter(
+        normal_gamma_draws(members, next(keys), prior.alpha0, prior.beta0, prior.gamma0, prior.mu0)
     )
     for g in structure.groups:
-        mu, lam = ng(params[f"w_{g}"], next(keys))
-        params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = mu, lam
-        mu, lam = ng(params[f"v_{g}"], next(keys))
-        params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = mu, lam
+        params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = next(hyper)
+        params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = next(hyper)
     if len(structure.entities) == 2 and not structure.terms:
         (a, _), (b, _) = structure.entities
         params[f"v_{a}"], params[f"v_{b}"], _ = scale_exchange(

@@ -8,6 +8,7 @@ Usage::
 
     python -m benchmarks.core_movielens --parts mf_svi mf_nuts fm_svi fm_nuts
     python -m benchmarks.core_movielens --quick          # tiny settings, for CI
+    python -m benchmarks.core_movielens --parts mf_nuts --tag gpu   # on a GPU: rows apart
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from .features import bayesfm_fields
-from .results_io import machine_line, row_saver, write_lines
+from .results_io import accelerator, machine_line, row_saver, write_lines
 
 PARTS = ("mf_svi", "mf_nuts", "fm_svi", "fm_nuts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,9 @@ def _args():
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--svi-steps", type=int, default=3000)
+    p.add_argument("--max-tree-depth", type=int, default=8)
+    p.add_argument("--tag", default="", help="suffix of the result keys (e.g. gpu)")
+    p.add_argument("--progress", action="store_true", help="show the samplers' progress bars")
     p.add_argument("--quick", action="store_true", help="tiny settings for CI (minutes)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "core.json"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks_core.md"))
@@ -66,11 +70,19 @@ def main() -> None:
                 num_warmup=args.warmup,
                 num_samples=args.samples,
                 num_chains=args.chains,
+                max_tree_depth=args.max_tree_depth,
                 init_svi_steps=200 if args.quick else 1500,
             )
         else:
             inf = bfm.SVIConfig(num_steps=args.svi_steps, num_samples=200 if args.quick else 1000)
-        common = dict(rank=10, inference=inf, random_state=0, progress_bar=False)
+        # the pointwise log-likelihood is not used here, and long runs would not fit in memory
+        common = dict(
+            rank=10,
+            inference=inf,
+            random_state=0,
+            progress_bar=args.progress,
+            store_pointwise=False,
+        )
         if kind == "mf":
             return bfm.BayesianMF(**common)
         return bfm.BayesianFM(features=bfm.FeatureSpec(side), **common)
@@ -111,6 +123,9 @@ def main() -> None:
                 "compile_s": compile_s,
                 "predict_s": predict_s,
                 "timings": {k: v for k, v in t.items() if isinstance(v, float)},
+                "device": accelerator() or "cpu",
+                "jax": jax.__version__,
+                "warmup": args.warmup if part.endswith("nuts") else None,
                 "chains": model.draws_.num_chains,
                 "draws": model.draws_.num_draws,
             }
@@ -131,7 +146,8 @@ def main() -> None:
                     mean_leapfrog=float(st["n_steps"].mean()),
                     chain_method=t.get("chain_method"),
                 )
-            save(f"{part}/{split}" + ("/quick" if args.quick else ""), row)
+            key = "/".join([part, split] + [t for t in (args.tag, "quick" * args.quick) if t])
+            save(key, row)
     if not args.quick:
         write_doc(results, Path(args.doc))
 
@@ -144,6 +160,10 @@ def write_doc(results: dict, doc: Path) -> None:
     import bayesfm
 
     rows = {k: v for k, v in results.items() if not k.endswith("/quick")}
+    # rows from other machines (a GPU) name their own jax
+    versions = "".join(
+        sorted({f"; rows on {r['device']}: jax {r['jax']}" for r in rows.values() if "jax" in r})
+    )
     lines = [
         "# Core benchmarks: MovieLens-100K",
         "",
@@ -151,13 +171,13 @@ def write_doc(results: dict, doc: Path) -> None:
         "",
         f"- date: {date.today().isoformat()}; {machine_line(rows.values())}; "
         f"JAX backend: {jax.default_backend()}",
-        f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}",
+        f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}" + versions,
         "- rank 10; MF = user + item; FM = + age, gender, occupation (per user), genres (per item)",
         "- times in seconds; compile = JAX tracing + compilation, reported separately from the fit",
         "",
         "| model | split | RMSE | MAE | cov 50% | cov 90% | width 90% | latent width 90% | sigma "
-        "| fit s | compile s | predict s | chains x draws |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fit s | compile s | predict s | chains x draws | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(rows):
         r = rows[key]
@@ -165,7 +185,7 @@ def write_doc(results: dict, doc: Path) -> None:
             f"| {r['part']} | {r['split']} | {r['rmse']:.4f} | {r['mae']:.4f} | {r['cov50']:.3f} "
             f"| {r['cov90']:.3f} | {r['width90']:.3f} | {r['latent_width90']:.3f} "
             f"| {r['sigma']:.3f} | {r['fit_s']:.0f} | {r['compile_s']:.1f} "
-            f"| {r['predict_s']:.1f} | {r['chains']} x {r['draws']} |"
+            f"| {r['predict_s']:.1f} | {r['chains']} x {r['draws']} | {r.get('device', 'cpu')} |"
         )
     nuts = {k: v for k, v in rows.items() if "probe_rhat_max" in v}
     if nuts:
@@ -174,8 +194,8 @@ def write_doc(results: dict, doc: Path) -> None:
             "NUTS convergence (rank-normalized R-hat; probe = latent predictions, 200 test cells)",
             "",
             "| model | split | sigma R-hat | sigma ESS | probe R-hat max | probe R-hat median "
-            "| probe ESS min | divergences | mean leapfrog steps | chain method |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| probe ESS min | divergences | mean leapfrog steps | chain method | device |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(nuts):
             r = nuts[key]
@@ -183,16 +203,16 @@ def write_doc(results: dict, doc: Path) -> None:
                 f"| {r['part']} | {r['split']} | {r['sigma_rhat']:.3f} | {r['sigma_ess_bulk']:.0f} "
                 f"| {r['probe_rhat_max']:.3f} | {r['probe_rhat_median']:.3f} "
                 f"| {r['probe_ess_min']:.0f} | {r['divergences']} | {r['mean_leapfrog']:.0f} "
-                f"| {r['chain_method']} |"
+                f"| {r['chain_method']} | {r.get('device', 'cpu')} |"
             )
     folds = {}
     for r in rows.values():
         if r["split"] in {"u1", "u2", "u3", "u4", "u5"}:
-            folds.setdefault(r["part"], []).append(r["rmse"])
+            folds.setdefault((r["part"], r.get("device", "cpu")), []).append(r["rmse"])
     if folds:
-        lines += ["", "| model | folds | mean RMSE u1-u5 | sd |", "|---|---|---|---|"]
-        for part, v in sorted(folds.items()):
-            lines.append(f"| {part} | {len(v)} | {np.mean(v):.4f} | {np.std(v):.4f} |")
+        lines += ["", "| model | device | folds | mean RMSE u1-u5 | sd |", "|---|---|---|---|---|"]
+        for (part, device), v in sorted(folds.items()):
+            lines.append(f"| {part} | {device} | {len(v)} | {np.mean(v):.4f} | {np.std(v):.4f} |")
     write_lines(doc, lines)
 
 

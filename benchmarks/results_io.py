@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,9 +26,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def accelerator() -> str | None:
+    """The device kind JAX computes on (e.g. ``"NVIDIA H100 80GB HBM3"``), or ``None`` on a
+    CPU. Only asked of a JAX that the script has already imported and configured."""
+    jax = sys.modules.get("jax")
+    if jax is None or jax.default_backend() == "cpu":
+        return None
+    return jax.devices()[0].device_kind
+
+
 def this_machine() -> str:
-    """The CPU model and core count of the machine running this process."""
-    return f"{cpu_model()}, {os.cpu_count()} cores"
+    """The CPU model and core count of the machine running this process, and its
+    accelerator if JAX computes on one."""
+    gpu = accelerator()
+    return f"{cpu_model()}, {os.cpu_count()} cores" + (f", {gpu}" if gpu else "")
 
 
 def row_saver(results: dict, out: Path, persist: bool) -> Callable[[str, dict], None]:

@@ -19,6 +19,7 @@ from bayesfm.gibbs import (
     entity_systems,
     gibbs_plan,
     normal_gamma_draw,
+    normal_gamma_draws,
     scale_exchange,
     term_systems,
 )
@@ -232,6 +233,36 @@ def test_normal_gamma_draw_matches_the_conjugate_posterior():
     np.testing.assert_allclose(
         float(jnp.var(mu)), beta_n / ((alpha_n - 1) * (gamma0 + n)), rtol=0.05
     )
+
+
+def test_normal_gamma_draws_gives_each_group_its_own_conjugate_posterior():
+    # one batched draw for a group of scalars and a group of vectors, as a sweep does
+    rng = np.random.default_rng(3)
+    xs = [
+        jnp.asarray(rng.normal(-0.4, 0.8, size=9), jnp.float32),
+        jnp.asarray(rng.normal(1.2, 2.0, size=(15, 2)), jnp.float32),
+    ]
+    alpha0, beta0, gamma0, mu0 = 2.0, 0.5, 1.5, 0.3
+    keys = jax.random.split(jax.random.PRNGKey(4), 40_000)
+    draws = jax.vmap(lambda k: normal_gamma_draws(xs, k, alpha0, beta0, gamma0, mu0))(keys)
+    for x, (mu, lam) in zip(xs, draws, strict=True):
+        x = np.asarray(x, np.float64)
+        n, xbar = x.shape[0], x.mean(axis=0)
+        assert mu.shape == lam.shape == (len(keys), *x.shape[1:])
+        alpha_n = alpha0 + n / 2
+        beta_n = beta0 + 0.5 * (
+            ((x - xbar) ** 2).sum(axis=0) + gamma0 * n * (xbar - mu0) ** 2 / (gamma0 + n)
+        )
+        np.testing.assert_allclose(np.mean(lam, axis=0), alpha_n / beta_n, rtol=0.02)
+        np.testing.assert_allclose(
+            np.mean(mu, axis=0), (gamma0 * mu0 + n * xbar) / (gamma0 + n), atol=0.02
+        )
+        np.testing.assert_allclose(
+            np.var(mu, axis=0), beta_n / ((alpha_n - 1) * (gamma0 + n)), rtol=0.05
+        )
+    # the groups' draws are independent of each other
+    corr = np.corrcoef(np.asarray(draws[0][1]), np.asarray(draws[1][1][:, 0]))[0, 1]
+    assert abs(corr) < 0.03
 
 
 # ------------------------------------------------------------------------- estimator level
