@@ -86,7 +86,7 @@ class BayesianFM:
     inference : {"nuts", "svi", "gibbs"} or NUTSConfig or SVIConfig or GibbsConfig
         Inference method and its settings.
     prior : PriorConfig, optional
-        Hierarchical prior settings (libFM defaults).
+        Hierarchical prior settings (``PriorConfig()`` when None).
     cold_start : {"prior", "error"}
         Unseen ids at predict time are drawn from their group's prior (``"prior"``), or
         raise a ``ValueError`` (``"error"``).

@@ -26,7 +26,13 @@ PARAMETRIZATIONS = ("centered", "noncentered")
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Hyperparameters of the hierarchical prior (libFM's defaults).
+    """Hyperparameters of the hierarchical prior.
+
+    libFM and myFM write the precision prior as ``Gamma(a0 / 2, b0 / 2)`` with
+    ``a0 = b0 = 1`` (and the same for the noise), that is shape = rate = 0.5 here. The
+    defaults below, shape = rate = 1, put less mass near zero precision; pass
+    ``alpha0=0.5, beta0=0.5, noise_alpha=0.5, noise_beta=0.5`` for libFM's prior (see the
+    user guide's section on priors for what it changes on MovieLens).
 
     Parameters
     ----------

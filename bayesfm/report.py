@@ -189,7 +189,7 @@ def _summary(model: BayesianFM, X_test: pd.DataFrame | None) -> dict[str, Any]:
     if model.task == "ordinal" and model.classes_ is not None:
         model_rows.append(("classes", ", ".join(str(c) for c in model.classes_)))
     model_rows += [
-        ("prior", "default (libFM-style)" if model.prior is None else repr(model.prior)),
+        ("prior", "default (PriorConfig())" if model.prior is None else repr(model.prior)),
         ("cold start", model.cold_start),
         ("factor draws kept", str(model.store_factors)),
         ("pointwise groups kept", str(model.store_pointwise)),
