@@ -146,7 +146,8 @@ def main() -> None:
                     mean_leapfrog=float(st["n_steps"].mean()),
                     chain_method=t.get("chain_method"),
                 )
-            key = "/".join([part, split] + [t for t in (args.tag, "quick" * args.quick) if t])
+            suffixes = [args.tag, "quick" if args.quick else ""]
+            key = "/".join([part, split] + [s for s in suffixes if s])
             save(key, row)
     if not args.quick:
         write_doc(results, Path(args.doc))
