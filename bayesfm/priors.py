@@ -28,11 +28,12 @@ PARAMETRIZATIONS = ("centered", "noncentered")
 class PriorConfig:
     """Hyperparameters of the hierarchical prior.
 
-    libFM and myFM write the precision prior as ``Gamma(a0 / 2, b0 / 2)`` with
-    ``a0 = b0 = 1`` (and the same for the noise), that is shape = rate = 0.5 here. The
-    defaults below, shape = rate = 1, put less mass near zero precision; pass
-    ``alpha0=0.5, beta0=0.5, noise_alpha=0.5, noise_beta=0.5`` for libFM's prior (see the
-    user guide's section on priors for what it changes on MovieLens).
+    The defaults are libFM's and myFM's. Those tools write the precision prior as
+    ``Gamma(a0 / 2, b0 / 2)`` with ``a0 = b0 = 1`` (and the same for the noise), that is
+    shape = rate = 0.5 here. bayesfm 0.1 used shape = rate = 1, which
+    puts less mass near zero precision; pass ``alpha0=1, beta0=1, noise_alpha=1,
+    noise_beta=1`` to get that prior back (the user guide's section on priors says what it
+    changes on MovieLens).
 
     Parameters
     ----------
@@ -53,15 +54,15 @@ class PriorConfig:
     --------
     >>> import bayesfm as bfm
     >>> bfm.PriorConfig(parametrization="noncentered").alpha0
-    1.0
+    0.5
     """
 
-    alpha0: float = 1.0
-    beta0: float = 1.0
+    alpha0: float = 0.5
+    beta0: float = 0.5
     gamma0: float = 1.0
     mu0: float = 0.0
-    noise_alpha: float = 1.0
-    noise_beta: float = 1.0
+    noise_alpha: float = 0.5
+    noise_beta: float = 0.5
     bias_scale: float = 5.0
     parametrization: str = "centered"
 

@@ -40,6 +40,7 @@ from .diagnostics import (
     diagnose,
     identified_quantities,
 )
+from .priors import PriorConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from .estimators import BayesianFM
@@ -189,7 +190,8 @@ def _summary(model: BayesianFM, X_test: pd.DataFrame | None) -> dict[str, Any]:
     if model.task == "ordinal" and model.classes_ is not None:
         model_rows.append(("classes", ", ".join(str(c) for c in model.classes_)))
     model_rows += [
-        ("prior", "default (PriorConfig())" if model.prior is None else repr(model.prior)),
+        # the defaults' values, so that a report read later says which prior it had
+        ("prior", f"default: {PriorConfig()!r}" if model.prior is None else repr(model.prior)),
         ("cold start", model.cold_start),
         ("factor draws kept", str(model.store_factors)),
         ("pointwise groups kept", str(model.store_pointwise)),

@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from .features import bayesfm_fields
-from .results_io import accelerator, machine_line, row_saver, write_lines
+from .results_io import accelerator, machine_line, prior_of, row_saver, write_lines
 
 PARTS = ("mf_svi", "mf_nuts", "fm_svi", "fm_nuts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,8 +177,8 @@ def write_doc(results: dict, doc: Path) -> None:
         "- times in seconds; compile = JAX tracing + compilation, reported separately from the fit",
         "",
         "| model | split | RMSE | MAE | cov 50% | cov 90% | width 90% | latent width 90% | sigma "
-        "| fit s | compile s | predict s | chains x draws | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fit s | compile s | predict s | chains x draws | device | hyperprior (precisions) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(rows):
         r = rows[key]
@@ -186,7 +186,8 @@ def write_doc(results: dict, doc: Path) -> None:
             f"| {r['part']} | {r['split']} | {r['rmse']:.4f} | {r['mae']:.4f} | {r['cov50']:.3f} "
             f"| {r['cov90']:.3f} | {r['width90']:.3f} | {r['latent_width90']:.3f} "
             f"| {r['sigma']:.3f} | {r['fit_s']:.0f} | {r['compile_s']:.1f} "
-            f"| {r['predict_s']:.1f} | {r['chains']} x {r['draws']} | {r.get('device', 'cpu')} |"
+            f"| {r['predict_s']:.1f} | {r['chains']} x {r['draws']} | {r.get('device', 'cpu')} "
+            f"| {prior_of(r).split(' on ')[0]} |"
         )
     nuts = {k: v for k, v in rows.items() if "probe_rhat_max" in v}
     if nuts:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import bayesfm_fields, myfm_design
-from .results_io import machine_line, row_saver, write_lines
+from .results_io import machine_line, prior_of, row_saver, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ("mf", "fm")
@@ -248,16 +248,17 @@ def write_doc(results: dict, doc: Path) -> None:
             "Convergence, 4 chains x (200 warmup + 500 kept sweeps); rank-normalized R-hat; "
             "probe = latent predictions of 200 test cells",
             "",
-            "| features | split | sampler | fit s | RMSE | cov 90% | sigma R-hat | w0 R-hat "
+            "| features | split | sampler | hyperprior (precisions) | fit s | RMSE | cov 90% "
+            "| sigma R-hat | w0 R-hat "
             "| probe R-hat max | probe R-hat median | probe ESS min | linear precision R-hat max "
             "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(diags):
             r = diags[key]
             lines.append(
                 f"| {r['features']} | {r['split']} | {r.get('sampler', '')} "
-                f"| {r['fit_s']:.0f} | {r['rmse']:.4f} "
+                f"| {prior_of(r).split(' on ')[0]} | {r['fit_s']:.0f} | {r['rmse']:.4f} "
                 f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} "
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "

@@ -1,8 +1,8 @@
 """Saving result rows and writing generated doc pages, shared by the benchmark scripts.
 
-Every saved row records the machine that produced it: the result files gather rows from
-runs over several sessions, and a page must not label them all with the machine that
-happened to write it last.
+Every saved row records the machine that produced it and the hyperprior it was fitted
+under: the result files gather rows from runs over several sessions, and a page must not
+label them all with the machine or the default prior of the run that wrote it last.
 """
 
 from __future__ import annotations
@@ -42,13 +42,37 @@ def this_machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores" + (f", {gpu}" if gpu else "")
 
 
+def default_prior() -> str:
+    """The package's default hyperprior in a few words, e.g. ``"Gamma(0.5, 0.5)"`` (the
+    benchmarks fit every model under the default)."""
+    from bayesfm import PriorConfig
+
+    prior = PriorConfig()
+    return (
+        f"Gamma({prior.alpha0:g}, {prior.beta0:g}) on precisions, "
+        f"Gamma({prior.noise_alpha:g}, {prior.noise_beta:g}) on the noise precision"
+    )
+
+
+# Rows saved before the prior was recorded were fitted under bayesfm 0.1's default.
+PRIOR_BEFORE_RECORDING = "Gamma(1, 1) on precisions, Gamma(1, 1) on the noise precision"
+
+
+def fitted_by_bayesfm(row: dict) -> bool:
+    """Whether a row comes from a bayesfm fit (rows of other systems name theirs)."""
+    return str(row.get("system", "bayesfm")).startswith("bayesfm")
+
+
 def row_saver(results: dict, out: Path, persist: bool) -> Callable[[str, dict], None]:
-    """A ``save(key, row)`` that stamps the row with this machine (unless it names one),
-    records it, prints it and, if ``persist``, rewrites ``out`` at once (so that a run cut
-    off keeps every row it finished)."""
+    """A ``save(key, row)`` that stamps the row with this machine and, for a bayesfm fit,
+    the default prior (unless the row names them), records it, prints it and, if
+    ``persist``, rewrites ``out`` at once (so that a run cut off keeps every row it
+    finished)."""
 
     def save(key: str, row: dict) -> None:
         row.setdefault("machine", this_machine())
+        if fitted_by_bayesfm(row):
+            row.setdefault("prior", default_prior())
         results[key] = row
         print(json.dumps({key: row}), flush=True)
         if persist:
@@ -68,11 +92,30 @@ def machine_counts(rows: Iterable[dict]) -> str:
     return ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items()))
 
 
+def prior_of(row: dict) -> str:
+    """The hyperprior a bayesfm row was fitted under."""
+    return row.get("prior", PRIOR_BEFORE_RECORDING)
+
+
+def prior_counts(rows: Iterable[dict]) -> str:
+    """How many rows were fitted under each hyperprior (rows saved before priors were
+    recorded count under bayesfm 0.1's default)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if isinstance(row, dict) and fitted_by_bayesfm(row):
+            name = prior_of(row)
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items()))
+
+
 def machine_line(rows: Iterable[dict]) -> str:
-    """The header text of a generated page: this run's machine, then the rows' machines."""
+    """The header text of a generated page: this run's machine, then the rows' machines
+    and hyperpriors."""
+    rows = list(rows)
     return (
         f"machine of this page's last run: {this_machine()}; "
-        f"rows per recorded machine: {machine_counts(rows)}"
+        f"rows per recorded machine: {machine_counts(rows)}; "
+        f"rows per hyperprior: {prior_counts(rows)}"
     )
 
 

@@ -49,7 +49,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from .features import FEATURES, bayesfm_fields, myfm_design, prepare
-from .results_io import machine_counts, row_saver, this_machine, write_lines
+from .results_io import machine_counts, prior_counts, row_saver, this_machine, write_lines
 from .smoke import SMOKE_ENV, compile_for_smoke_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -710,7 +710,8 @@ def write_doc(results: dict, doc: Path, gpu: dict | None = None) -> None:
         f"- date: {date.today().isoformat()}; machine of this page's last run: {this_machine()}, "
         f"JAX backend {jax.default_backend()}. The rows come from runs"
         " over several sessions on 2-core machines of the same kind (the CPU model has"
-        f" varied; rows per recorded machine: {machine_counts(results.values())});"
+        f" varied; rows per recorded machine: {machine_counts(results.values())};"
+        f" bayesfm rows per hyperprior: {prior_counts(results.values())});"
         " ratios to myFM are always from one run on one machine"
         + (
             f"; GPU columns from {gpu['machine']['device']} (`benchmarks/gpu.sh`)"

@@ -1,8 +1,17 @@
-"""The benchmark scripts' row saving: each row records the machine that produced it."""
+"""The benchmark scripts' row saving: each row records the machine that produced it and,
+for a bayesfm fit, the hyperprior it was fitted under."""
 
 import json
 
-from benchmarks.results_io import machine_counts, machine_line, row_saver, this_machine
+from benchmarks.results_io import (
+    PRIOR_BEFORE_RECORDING,
+    default_prior,
+    machine_counts,
+    machine_line,
+    prior_counts,
+    row_saver,
+    this_machine,
+)
 
 
 def test_row_saver_stamps_this_machine_and_persists(tmp_path):
@@ -35,3 +44,28 @@ def test_row_saver_without_persist_writes_nothing(tmp_path):
 
 def test_this_machine_names_cores():
     assert this_machine().endswith(" cores")
+
+
+def test_bayesfm_rows_record_the_default_prior_and_other_systems_none(tmp_path):
+    results = {"old": {"system": "bayesfm/mf/gibbs", "rmse": 0.9}}  # saved before priors
+    save = row_saver(results, tmp_path / "rows.json", persist=False)
+    save("ours", {"system": "bayesfm/fm/svi", "rmse": 0.8})
+    save("core", {"part": "fm_nuts", "rmse": 0.8})  # core rows name a part, not a system
+    save("theirs", {"system": "myfm/fm", "rmse": 0.8})
+    save("tuned", {"system": "bayesfm/mf/svi", "prior": "Gamma(2, 2)"})
+    assert default_prior().startswith("Gamma(0.5, 0.5) on precisions")
+    assert results["ours"]["prior"] == results["core"]["prior"] == default_prior()
+    assert "prior" not in results["theirs"]
+    assert results["tuned"]["prior"] == "Gamma(2, 2)"
+    assert prior_counts(results.values()) == ", ".join(
+        sorted(
+            [
+                f"{default_prior()}: 2 rows",
+                "Gamma(2, 2): 1 rows",
+                f"{PRIOR_BEFORE_RECORDING}: 1 rows",
+            ]
+        )
+    )
+    assert machine_line(results.values()).endswith(
+        f"rows per hyperprior: {prior_counts(results.values())}"
+    )
