@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from .features import bayesfm_fields
-from .results_io import accelerator, machine_line, prior_of, row_saver, write_lines
+from .results_io import accelerator, machine_line, prior_label, row_saver, write_lines
 
 PARTS = ("mf_svi", "mf_nuts", "fm_svi", "fm_nuts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def write_doc(results: dict, doc: Path) -> None:
             f"| {r['cov90']:.3f} | {r['width90']:.3f} | {r['latent_width90']:.3f} "
             f"| {r['sigma']:.3f} | {r['fit_s']:.0f} | {r['compile_s']:.1f} "
             f"| {r['predict_s']:.1f} | {r['chains']} x {r['draws']} | {r.get('device', 'cpu')} "
-            f"| {prior_of(r).split(' on ')[0]} |"
+            f"| {prior_label(r)} |"
         )
     nuts = {k: v for k, v in rows.items() if "probe_rhat_max" in v}
     if nuts:

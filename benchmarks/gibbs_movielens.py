@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import bayesfm_fields, myfm_design
-from .results_io import machine_line, prior_of, row_saver, write_lines
+from .results_io import machine_line, prior_label, row_saver, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ("mf", "fm")
@@ -258,7 +258,7 @@ def write_doc(results: dict, doc: Path) -> None:
             r = diags[key]
             lines.append(
                 f"| {r['features']} | {r['split']} | {r.get('sampler', '')} "
-                f"| {prior_of(r).split(' on ')[0]} | {r['fit_s']:.0f} | {r['rmse']:.4f} "
+                f"| {prior_label(r)} | {r['fit_s']:.0f} | {r['rmse']:.4f} "
                 f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} "
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "

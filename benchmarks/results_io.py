@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def this_machine() -> str:
 
 
 def default_prior() -> str:
-    """The package's default hyperprior in a few words, e.g. ``"Gamma(0.5, 0.5)"`` (the
-    benchmarks fit every model under the default)."""
+    """The package's default hyperprior in words, e.g. ``"Gamma(0.5, 0.5) on precisions,
+    Gamma(0.5, 0.5) on the noise precision"`` (the benchmarks fit every model under it)."""
     from bayesfm import PriorConfig
 
     prior = PriorConfig()
@@ -82,14 +83,18 @@ def row_saver(results: dict, out: Path, persist: bool) -> Callable[[str, dict], 
     return save
 
 
+def _count_line(names: Iterable[str]) -> str:
+    """``"name: n rows"`` per distinct name, sorted by name."""
+    return ", ".join(f"{k}: {v} rows" for k, v in sorted(Counter(names).items()))
+
+
 def machine_counts(rows: Iterable[dict]) -> str:
     """How many rows each recorded machine produced, e.g. ``"Xeon, 2 cores: 12 rows"``
     (rows saved before machines were recorded are counted as such)."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        name = row.get("machine", "not recorded") if isinstance(row, dict) else "not recorded"
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items()))
+    return _count_line(
+        row.get("machine", "not recorded") if isinstance(row, dict) else "not recorded"
+        for row in rows
+    )
 
 
 def prior_of(row: dict) -> str:
@@ -97,15 +102,17 @@ def prior_of(row: dict) -> str:
     return row.get("prior", PRIOR_BEFORE_RECORDING)
 
 
+def prior_label(row: dict) -> str:
+    """The precisions' part of :func:`prior_of`, for a table column: ``"Gamma(0.5, 0.5)"``."""
+    return prior_of(row).split(" on ")[0]
+
+
 def prior_counts(rows: Iterable[dict]) -> str:
     """How many rows were fitted under each hyperprior (rows saved before priors were
     recorded count under bayesfm 0.1's default)."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        if isinstance(row, dict) and fitted_by_bayesfm(row):
-            name = prior_of(row)
-            counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items()))
+    return _count_line(
+        prior_of(row) for row in rows if isinstance(row, dict) and fitted_by_bayesfm(row)
+    )
 
 
 def machine_line(rows: Iterable[dict]) -> str:
