@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .compile_cache import ENV_VAR
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -266,6 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.set_defaults(func=_report, user_errors=True)
 
     args = parser.parse_args(argv)
+    if os.environ.get(ENV_VAR):
+        # opt-in: a later run with the same shapes loads its compiled programs from disk
+        from .compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()
     if not getattr(args, "user_errors", False):
         return args.func(args)
     try:

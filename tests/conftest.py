@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
+# JAX's persistent compilation cache, fresh for this session (set before jax is imported, so
+# that subprocesses inherit it too): the suite fits the same tiny models in many modules, and
+# _release_compiled_programs below drops the in-memory programs after each one. A recompile
+# of an identical program then loads it from disk (a repeated NUTS fit: 29 s -> 7 s).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="bayesfm-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 import gc
 import subprocess
 import sys

@@ -98,10 +98,7 @@ def fit(devices, inference):
     return model.fit(X, data.y)
 
 
-svi = bfm.SVIConfig(num_steps=60, num_samples=50)
-a, b = fit(None, svi), fit(2, svi)
-out["svi_loss"] = rel(b.draws_.loss, a.draws_.loss)
-out["svi_predict"] = rel(b.predict(X.iloc[:50]), a.predict(X.iloc[:50]))
+# SVI fits with data devices are compared in multihost_check.py (rows over two processes)
 gibbs = bfm.GibbsConfig(num_warmup=3, num_samples=3, num_chains=2)
 a, b = fit(None, gibbs), fit(2, gibbs)
 out["gibbs_sigma"] = rel(b.draws_.samples["sigma"], a.draws_.samples["sigma"])
