@@ -2,7 +2,7 @@
 
 from . import datasets, diagnostics, metrics
 from ._version import __version__
-from .compile_cache import enable_compilation_cache
+from .compile_cache import disable_compilation_cache, enable_compilation_cache
 from .data import Categorical, FeatureSpec, Implicit, MultiHot, Numeric
 from .estimators import BayesianFM, BayesianMF, NotFittedError
 from .inference import GibbsConfig, NUTSConfig, SVIConfig
@@ -28,6 +28,7 @@ __all__ = [
     "compare",
     "datasets",
     "diagnostics",
+    "disable_compilation_cache",
     "enable_compilation_cache",
     "evaluate",
     "load",

@@ -273,7 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # opt-in: a later run with the same shapes loads its compiled programs from disk
         from .compile_cache import enable_compilation_cache
 
-        enable_compilation_cache()
+        try:
+            enable_compilation_cache()
+        except ValueError as exc:
+            print(f"bayesfm: error: {ENV_VAR}: {exc}", file=sys.stderr)
+            return 2
     if not getattr(args, "user_errors", False):
         return args.func(args)
     try:

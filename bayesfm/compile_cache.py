@@ -7,7 +7,9 @@ the compiled programs from disk instead of compiling them again.
 
 from __future__ import annotations
 
+import numbers
 import os
+import tempfile
 from pathlib import Path
 
 ENV_VAR = "BAYESFM_CACHE_DIR"
@@ -56,28 +58,45 @@ def enable_compilation_cache(
     >>> folder.is_dir()
     True
     """
-    if not min_compile_time_s >= 0:
+    is_number = isinstance(min_compile_time_s, numbers.Real) and not isinstance(
+        min_compile_time_s, bool
+    )
+    if not (is_number and min_compile_time_s >= 0):
         raise ValueError(
             f"min_compile_time_s: got {min_compile_time_s!r}; allowed: a number >= 0 (seconds)"
         )
     folder = Path(path).expanduser() if path is not None else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".bayesfm-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a uniquely named probe: processes may switch on the same folder at once
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as exc:
         raise ValueError(
             f"path: got {str(folder)!r}, which cannot be used as a cache folder ({exc}); "
             "allowed: a folder this process can create and write"
         ) from None
+    _configure(str(folder), float(min_compile_time_s))
+    return folder
 
+
+def disable_compilation_cache() -> None:
+    """Stop storing and loading compiled programs (the folder and its files are kept).
+
+    Examples
+    --------
+    >>> import bayesfm as bfm
+    >>> bfm.disable_compilation_cache()
+    """
+    _configure(None, 1.0)
+
+
+def _configure(folder: str | None, min_compile_time_s: float) -> None:
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     # JAX reads the folder once, at its first compilation; make it read it again
     compilation_cache.reset_cache()
-    return folder

@@ -79,7 +79,7 @@ def main() -> None:
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
 
-    save = row_saver(results, out_path, persist=True)
+    save = row_saver(results, out_path, persist=not args.quick)
 
     for features in args.features:
         for split in args.splits:
@@ -91,14 +91,16 @@ def main() -> None:
                 num_warmup=args.sweeps - args.kept, num_samples=args.kept, num_chains=1
             )
             # a fresh compilation cache per row: this fit compiles cold and fills it
-            bfm.enable_compilation_cache(tempfile.mkdtemp(prefix="bayesfm-bench-cache-"))
-            model, fit_s = run_bayesfm(bfm, train, test, features, cfg)
-            iv90 = model.predict_interval(test, 0.9)
-            iv50 = model.predict_interval(test, 0.5)
-            t = model.timings_
-            # the same fit in a "new session": nothing in memory, the programs on disk
-            jax.clear_caches()
-            warm, warm_fit_s = run_bayesfm(bfm, train, test, features, cfg)
+            with tempfile.TemporaryDirectory(prefix="bayesfm-bench-cache-") as cache:
+                bfm.enable_compilation_cache(cache)
+                model, fit_s = run_bayesfm(bfm, train, test, features, cfg)
+                iv90 = model.predict_interval(test, 0.9)
+                iv50 = model.predict_interval(test, 0.5)
+                t = model.timings_
+                # the same fit in a "new session": nothing in memory, the programs on disk
+                jax.clear_caches()
+                warm, warm_fit_s = run_bayesfm(bfm, train, test, features, cfg)
+                bfm.disable_compilation_cache()
             if not np.array_equal(warm.draws_.samples["sigma"], model.draws_.samples["sigma"]):
                 raise RuntimeError("a warm-cache refit drew different samples")
             row = {

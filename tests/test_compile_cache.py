@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 from jax import monitoring
 
 import bayesfm as bfm
+from bayesfm.cli import main
 from bayesfm.compile_cache import default_cache_dir
 from bayesfm.datasets import make_toy_mf
 
@@ -30,6 +32,8 @@ def cache_hits(tmp_path):
     jax.clear_caches()
     if session_folder:
         bfm.enable_compilation_cache(session_folder)
+    else:
+        bfm.disable_compilation_cache()
 
 
 @pytest.mark.filterwarnings("ignore:.*convergence checks")  # expected of 5 + 5 sweeps
@@ -62,9 +66,30 @@ def test_a_folder_that_cannot_be_made_is_refused(tmp_path):
     assert not (blocker.parent / "jax").exists()
 
 
-def test_negative_min_compile_time_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"min_compile_time_s: got -1.0; allowed: a number >= 0"):
-        bfm.enable_compilation_cache(tmp_path, min_compile_time_s=-1.0)
+@pytest.mark.parametrize("bad", [-1.0, "1", None, True])
+def test_a_bad_min_compile_time_is_refused(tmp_path, bad):
+    message = rf"min_compile_time_s: got {re.escape(repr(bad))}; allowed: a number >= 0"
+    with pytest.raises(ValueError, match=message):
+        bfm.enable_compilation_cache(tmp_path, min_compile_time_s=bad)
+
+
+def test_disable_stops_storing_programs(cache_hits):
+    folder, _ = cache_hits
+    bfm.enable_compilation_cache(folder)
+    bfm.disable_compilation_cache()
+    assert not jax.config.jax_compilation_cache_dir
+    jax.jit(lambda x: x * 3.0 + 1.0)(np.float32(2.0)).block_until_ready()
+    assert list(folder.iterdir()) == []
+
+
+def test_the_command_line_reports_an_unusable_cache_folder(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("BAYESFM_CACHE_DIR", str(blocker / "jax"))
+    assert main(["demo", "--quiet"]) == 2  # refused before the demo fits anything
+    err = capsys.readouterr().err
+    assert err.startswith("bayesfm: error: BAYESFM_CACHE_DIR: path: got ")
+    assert "cannot be used as a cache folder" in err
 
 
 def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
