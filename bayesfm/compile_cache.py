@@ -48,7 +48,8 @@ def enable_compilation_cache(
     Raises
     ------
     ValueError
-        If ``path`` cannot be created or written, or ``min_compile_time_s`` is negative.
+        If ``path`` cannot be created or written, or ``min_compile_time_s`` is not a number
+        >= 0.
 
     Examples
     --------
