@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 from jax.sharding import PartitionSpec as P
 from numpyro.infer.mcmc import MCMCKernel
 
@@ -53,7 +54,7 @@ from .augment import (
 )
 from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
-from .linalg import draw_gaussian
+from .linalg import draw_gaussian, gaussian_from_normals
 from .ridge import bias_shift, factor_shift, owned_shift, ridge_plan
 from .sharding import DATA_AXIS
 
@@ -65,6 +66,8 @@ __all__ = [
     "draw_gaussian",
     "normal_gamma_draw",
     "normal_gamma_draws",
+    "normal_gamma_from_variates",
+    "normal_gamma_shapes",
     "entity_systems",
     "term_systems",
     "scale_exchange",
@@ -72,6 +75,10 @@ __all__ = [
 
 # Metropolis steps of the scale exchange per sweep (each O(rank) once sums are formed)
 _SCALE_STEPS = 8
+# a term's levels are split into one more block width only if that saves this many padded
+# entries: each width is one more compiled scan body (about 0.5 s on a 2-core CPU), while
+# 8192 entries cost about 1-2 ms per sweep at rank 10, the same over a 200-sweep fit
+TERM_BLOCK_COST = 8192
 
 
 class GibbsState(NamedTuple):
@@ -79,6 +86,46 @@ class GibbsState(NamedTuple):
 
     z: dict[str, jnp.ndarray]
     rng_key: jax.Array
+
+
+class _Variates:
+    """The standard normal and unit-rate gamma variates of one sweep, each kind drawn in one
+    call and handed out in order at trace time.
+
+    Every random-number call site compiles to its own kernel (on a 2-core CPU about 0.3 s for
+    a normal and 1 s for a gamma); a sweep had a dozen, half of its compile time. The
+    variates do not depend on the chain's state, so drawing them up front and giving each
+    block its own slice leaves every conditional draw exact.
+    """
+
+    def __init__(self, key: jax.Array, n_normal: int, gamma_shapes: jnp.ndarray):
+        k_normal, k_gamma = jax.random.split(key)
+        # the barrier materializes the variates once: otherwise XLA fuses the generator into
+        # every consumer of a slice, compiling (and running) it again there
+        self._normal, self._gamma = jax.lax.optimization_barrier(
+            (jax.random.normal(k_normal, (n_normal,)), jax.random.gamma(k_gamma, gamma_shapes))
+        )
+        self._taken = {"normal": 0, "gamma": 0}
+
+    def _take(self, kind: str, pool: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+        start, size = self._taken[kind], int(np.prod(shape, dtype=np.int64))
+        if start + size > pool.shape[0]:
+            raise RuntimeError(f"bayesfm internal error: the sweep needs more {kind} variates")
+        self._taken[kind] = start + size
+        return pool[start : start + size].reshape(shape)
+
+    def normal(self, shape: tuple[int, ...] = ()) -> jnp.ndarray:
+        """The next standard normals, in ``shape``."""
+        return self._take("normal", self._normal, shape)
+
+    def gamma(self, size: int) -> jnp.ndarray:
+        """The next ``size`` unit-rate gamma variates (their shapes were fixed up front)."""
+        return self._take("gamma", self._gamma, (size,))
+
+    def check_all_used(self) -> None:
+        """A variate counted but never used means the counts and the sweep disagree."""
+        if self._taken != {"normal": self._normal.shape[0], "gamma": self._gamma.shape[0]}:
+            raise RuntimeError(f"bayesfm internal error: variates left over ({self._taken})")
 
 
 # --------------------------------------------------------------------------- host-side plan
@@ -116,13 +163,18 @@ def _level_blocks(
     return blocks
 
 
-def gibbs_plan(data: dict[str, Any], structure: Structure, n_shards: int = 1) -> dict[str, Any]:
+def gibbs_plan(
+    data: dict[str, Any],
+    structure: Structure,
+    n_shards: int = 1,
+    block_cost: int = TERM_BLOCK_COST,
+) -> dict[str, Any]:
     """Index arrays the sweep needs, computed once on the host from the encoded training data.
 
     ``entity[d]``: per-level row blocks of entity ``d``, per shard of rows (``n_shards``
     devices; see :mod:`bayesfm.sharding`). ``terms[t]``: the levels of term ``t`` in blocks
     of a common width, each level with the positions of its entries in the term's COO
-    arrays (see :func:`_term_blocks`).
+    arrays (see :func:`_term_blocks`; ``block_cost`` is its price of one more width).
     """
     entity = {}
     for d, n in structure.entities:
@@ -132,13 +184,17 @@ def gibbs_plan(data: dict[str, Any], structure: Structure, n_shards: int = 1) ->
         valid = np.asarray(data["row_mask"]) > 0 if "row_mask" in data else np.ones(len(idx), bool)
         entity[d] = _level_blocks(idx, n, valid, n_shards)
     terms = {
-        t.dim: _term_blocks(np.asarray(data["terms"][t.dim]["index"]), t.n_levels)
+        t.dim: _term_blocks(
+            np.asarray(data["terms"][t.dim]["index"]), t.n_levels, block_cost=block_cost
+        )
         for t in structure.terms
     }
     return {"entity": entity, "terms": terms, "ridge": ridge_plan(data, structure)}
 
 
-def _term_blocks(index: np.ndarray, n_levels: int, max_blocks: int = 3) -> list[dict]:
+def _term_blocks(
+    index: np.ndarray, n_levels: int, max_blocks: int = 3, block_cost: int = TERM_BLOCK_COST
+) -> list[dict]:
     """Entries of each level of a term field, as padded blocks grouped by size.
 
     Returns one dict per block width with ``levels`` (the levels padded to that width) and
@@ -147,7 +203,8 @@ def _term_blocks(index: np.ndarray, n_levels: int, max_blocks: int = 3) -> list[
     sum). Padding every level to the largest one would make each scan step over an implicit
     set cost as much as its most popular member (8-9 times the actual entries on
     MovieLens). Each width costs one compiled scan body, so the widths are at most
-    ``max_blocks`` powers of two, chosen to minimize the padded entries.
+    ``max_blocks`` powers of two, chosen to minimize the padded entries plus ``block_cost``
+    per width after the first.
     """
     counts = np.bincount(index, minlength=n_levels)
     order = np.argsort(index, kind="stable")
@@ -158,7 +215,8 @@ def _term_blocks(index: np.ndarray, n_levels: int, max_blocks: int = 3) -> list[
     for k in range(1, max_blocks):
         for smaller in itertools.combinations(candidates, k):
             widths = [*smaller, top]
-            cost = float(np.sum(np.take(widths, np.searchsorted(widths, counts))))
+            padded = float(np.sum(np.take(widths, np.searchsorted(widths, counts))))
+            cost = padded + block_cost * k
             best = min(best, (cost, widths))
     widths = np.asarray(best[1])
     level_width = widths[np.searchsorted(widths, counts)]
@@ -192,9 +250,35 @@ def normal_gamma_draws(
 ) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
     """:func:`normal_gamma_draw` for several groups at once, independently.
 
-    One gamma and one normal draw serve every group: each random-number call site compiles
-    to its own large kernel (the gamma's rejection loop above all), so drawing a sweep's
-    2 x groups hyperparameters in one call cut its compile time.
+    One gamma and one normal draw serve every group (see :func:`normal_gamma_from_variates`).
+    """
+    shapes = normal_gamma_shapes(xs, alpha0)
+    k_lam, k_mu = jax.random.split(key)
+    gammas = jax.random.gamma(k_lam, shapes)
+    normals = jax.random.normal(k_mu, shapes.shape)
+    return normal_gamma_from_variates(xs, gammas, normals, beta0, gamma0, mu0)
+
+
+def normal_gamma_shapes(xs: list[jnp.ndarray], alpha0: float) -> jnp.ndarray:
+    """Posterior gamma shapes ``alpha0 + n / 2`` of every precision of groups ``xs``, flat."""
+    return jnp.concatenate(
+        [jnp.full(int(np.prod(x.shape[1:], dtype=np.int64)), alpha0 + 0.5 * x.shape[0]) for x in xs]
+    )
+
+
+def normal_gamma_from_variates(
+    xs: list[jnp.ndarray],
+    gammas: jnp.ndarray,
+    normals: jnp.ndarray,
+    beta0: float,
+    gamma0: float,
+    mu0: float,
+) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+    """:func:`normal_gamma_draws` given its variates: ``gammas`` unit-rate gamma variates with
+    the shapes of :func:`normal_gamma_shapes` and as many standard ``normals``.
+
+    ``lambda = gamma / rate`` is the posterior ``Gamma(alpha_n, rate)`` draw, and
+    ``mu = loc + normal / sqrt((gamma0 + n) lambda)`` the Normal draw given it.
     """
     stats = []
     for x in xs:
@@ -203,10 +287,6 @@ def normal_gamma_draws(
         ss = jnp.sum((x - mean) ** 2, axis=0)
         rate = beta0 + 0.5 * (ss + gamma0 * n * (mean - mu0) ** 2 / (gamma0 + n))
         stats.append((n, mean, rate))
-    alpha = jnp.concatenate([jnp.full(m.size, alpha0 + 0.5 * n) for n, m, _ in stats])
-    k_lam, k_mu = jax.random.split(key)
-    gammas = jax.random.gamma(k_lam, alpha)
-    normals = jax.random.normal(k_mu, alpha.shape)
     out, start = [], 0
     for n, mean, rate in stats:
         size = mean.size
@@ -296,11 +376,12 @@ def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     return precision, tau * shift + prec * mean
 
 
-def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, key, mesh):
-    """Draw ``(w_u, v_u)`` of every level of entity ``dim`` at once."""
+def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, normals, mesh):
+    """Draw ``(w_u, v_u)`` of every level of entity ``dim`` at once, given standard
+    ``normals`` (levels, 1 + rank)."""
     precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n, mesh)
     current = jnp.concatenate([params[f"w_{dim}"][:, None], params[f"v_{dim}"]], axis=1)
-    theta = draw_gaussian(precision, shift, key, current)
+    theta = gaussian_from_normals(precision, shift, normals, current)
     return {**params, f"w_{dim}": theta[:, 0], f"v_{dim}": theta[:, 1:]}
 
 
@@ -435,17 +516,21 @@ def entity_systems(params, data, offset, y, spec: ModelSpec, dim: str, mesh=None
     return _entity_system(params, data, data["gibbs"], offset, y, spec, dim, n, mesh)
 
 
-def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, key, mesh):
-    """Draw ``(w_j, v_j)`` level by level for a field whose levels can share a row."""
+def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, normals, mesh):
+    """Draw ``(w_j, v_j)`` level by level for a field whose levels can share a row.
+
+    ``normals``: per block of ``plan["terms"][term.dim]``, standard normals
+    (levels, 1 + rank).
+    """
     stats, sums = _term_setup(params, data, plan, offset, y, spec, term, mesh)
     g = term.dim
 
     def step(carry, inputs):
         w, v, sums = carry
-        j, entries, step_key = inputs
+        j, entries, normals = inputs
         precision, shift, u, x = _level_system(stats, w, v, sums, j, entries)
         current = jnp.concatenate([w[j][None], v[j]])
-        theta = draw_gaussian(precision, shift, step_key, current)
+        theta = gaussian_from_normals(precision, shift, normals, current)
         dw, dv = theta[0] - w[j], theta[1:] - v[j]
         b_sum, l_sum, q_sum = sums
         b_sum = b_sum.at[u].add(x[:, None] * dv)
@@ -456,15 +541,13 @@ def _update_term(params, data, plan, offset, y, spec: ModelSpec, term, key, mesh
 
     # one scan per block width; any fixed order of the levels is a valid systematic scan
     carry = (params[f"w_{g}"], params[f"v_{g}"], sums)
-    blocks = plan["terms"][g]
-    for block, block_key in zip(blocks, jax.random.split(key, len(blocks)), strict=True):
-        keys = jax.random.split(block_key, block["levels"].shape[0])
-        carry, _ = jax.lax.scan(step, carry, (block["levels"], block["entries"], keys))
+    for block, block_normals in zip(plan["terms"][g], normals, strict=True):
+        carry, _ = jax.lax.scan(step, carry, (block["levels"], block["entries"], block_normals))
     w, v, _ = carry
     return {**params, f"w_{g}": w, f"v_{g}": v}
 
 
-def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
+def _update_intercepts(params, data, offset, y, spec: ModelSpec, normals):
     """Joint draw of the global bias and every group's linear mean, ``(w0, mu_g ...)``.
 
     With ``w_j = mu_g + d_j`` and the deviations ``d_j`` held fixed, the FM is linear in
@@ -472,7 +555,8 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
     only sees ``w0 + sum_g mu_g`` along a ridge for one-hot fields, which single-site updates
     cross slowly; this move (an exact Gibbs step in the ``(mu, d)`` coordinates, a
     unit-Jacobian shear) crosses it in one draw. The ordered probit has no ``w0``; its ridge
-    with the cutpoints is crossed by :func:`_cutpoint_shift`.
+    with the cutpoints is crossed by :func:`_cutpoint_shift`. ``normals``: one standard
+    normal per coefficient (see :func:`_intercept_count`).
     """
     structure, prior = spec.structure, spec.prior
     resid, *_ = _residual(params, data, offset, y, structure)
@@ -500,7 +584,9 @@ def _update_intercepts(params, data, offset, y, spec: ModelSpec, key):
         design, target = design * data["row_mask"][:, None], target * data["row_mask"]
     gram = jnp.sum(design[:, :, None] * design[:, None, :], axis=0)
     shift = jnp.sum(design * target[:, None], axis=0)
-    new = draw_gaussian(tau * gram + jnp.diag(prec), tau * shift + prec * mean, key, beta)
+    new = gaussian_from_normals(
+        tau * gram + jnp.diag(prec), tau * shift + prec * mean, normals, beta
+    )
     params = dict(params)
     if has_bias:
         params["w0"] = new[0]
@@ -525,26 +611,45 @@ def gibbs_sweep(
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
-    # per group: its update; then the probit step (2), the intercepts, the ridge moves, the
-    # Normal-Gamma draws of all groups, the scale exchange, and the noise or the cutpoints
-    keys = iter(jax.random.split(key, 8 + len(structure.groups)))
+    k_variates, k_cut, k_util = jax.random.split(key, 3)
+    # the hyperparameters' precisions, then the noise precision: their gamma shapes are known
+    members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
+    gamma_shapes = [normal_gamma_shapes(members, prior.alpha0)]
+    if spec.task == "regression":
+        n_rows = jnp.sum(data["row_mask"]) if "row_mask" in data else y.shape[0]
+        gamma_shapes.append(jnp.reshape(prior.noise_alpha + 0.5 * n_rows, (1,)))
+    gamma_shapes = jnp.concatenate(gamma_shapes)
+    variates = _Variates(k_variates, _sweep_normal_count(spec, plan), gamma_shapes)
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
-        params, y = _augment(params, data, offset, y, spec, next(keys), next(keys))
+        params, y = _augment(params, data, offset, y, spec, k_cut, k_util)
     for d, n in structure.entities:
-        params = _update_entity(params, data, plan, offset, y, spec, d, n, next(keys), mesh)
+        normals = variates.normal((n, 1 + spec.rank))
+        params = _update_entity(params, data, plan, offset, y, spec, d, n, normals, mesh)
     for term in structure.terms:
-        params = _update_term(params, data, plan, offset, y, spec, term, next(keys), mesh)
-    params = _update_intercepts(params, data, offset, y, spec, next(keys))
-    params = _ridge_moves(params, data, spec, next(keys))
+        normals = [
+            variates.normal(b["levels"].shape + (1 + spec.rank,)) for b in plan["terms"][term.dim]
+        ]
+        params = _update_term(params, data, plan, offset, y, spec, term, normals, mesh)
+    normals = variates.normal((_intercept_count(spec),))
+    params = _update_intercepts(params, data, offset, y, spec, normals)
+    params = _ridge_moves(params, data, spec, variates)
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
+    n_hyper = int(normal_gamma_shapes(members, prior.alpha0).shape[0])
     hyper = iter(
-        normal_gamma_draws(members, next(keys), prior.alpha0, prior.beta0, prior.gamma0, prior.mu0)
+        normal_gamma_from_variates(
+            members,
+            variates.gamma(n_hyper),
+            variates.normal((n_hyper,)),
+            prior.beta0,
+            prior.gamma0,
+            prior.mu0,
+        )
     )
     for g in structure.groups:
         params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = next(hyper)
         params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = next(hyper)
-    if len(structure.entities) == 2 and not structure.terms:
+    if _has_scale_exchange(structure):
         (a, _), (b, _) = structure.entities
         params[f"v_{a}"], params[f"v_{b}"], _ = scale_exchange(
             params[f"v_{a}"],
@@ -553,46 +658,80 @@ def gibbs_sweep(
             params[f"v_lambda_{a}"],
             params[f"v_mu_{b}"],
             params[f"v_lambda_{b}"],
-            next(keys),
+            variates.normal((_SCALE_STEPS, 2, spec.rank)),
         )
     if spec.task == "ordinal":
-        shift_keys = jax.random.split(next(keys), len(structure.entities))
-        for (d, _), k in zip(structure.entities, shift_keys, strict=True):
-            params = _cutpoint_shift(params, spec, d, k)
+        for d, _ in structure.entities:
+            params = _cutpoint_shift(params, spec, d, variates.normal())
     if spec.task == "regression":
         resid, *_ = _residual(params, data, offset, y, structure)
-        n_rows = y.shape[0]
         if "row_mask" in data:  # padded rows add nothing
-            resid, n_rows = resid * data["row_mask"], jnp.sum(data["row_mask"])
-        shape = prior.noise_alpha + 0.5 * n_rows
+            resid = resid * data["row_mask"]
         rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
-        tau = jax.random.gamma(next(keys), shape) / rate
+        tau = variates.gamma(1)[0] / rate
         params["noise_precision"] = tau
         params["sigma"] = 1.0 / jnp.sqrt(tau)
+    variates.check_all_used()
     return params
 
 
-def _ridge_moves(params, data, spec: ModelSpec, key) -> dict:
+def _has_scale_exchange(structure: Structure) -> bool:
+    """MF (exactly two entities, nothing else) has the factor-scale orbit to move along."""
+    return len(structure.entities) == 2 and not structure.terms
+
+
+def _intercept_count(spec: ModelSpec) -> int:
+    """Coefficients of :func:`_update_intercepts`: the global bias (none for the ordered
+    probit) and each group's linear mean."""
+    return int(spec.task != "ordinal") + len(spec.structure.groups)
+
+
+def _ridge_counts(spec: ModelSpec, grams: dict) -> tuple[list[str], list, list[str]]:
+    """What :func:`_ridge_moves` moves: the entities (factor shifts), the owned attributes
+    with a joint move, and the entities the global bias shifts against."""
+    structure = spec.structure
+    entities = [d for d, _ in structure.entities]
+    owned = [t for t in structure.terms if t.dim in grams]
+    biased = entities if spec.task != "ordinal" else []
+    return entities, owned, biased
+
+
+def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
+    """Standard normals one sweep uses, block by block in :func:`gibbs_sweep`'s order."""
+    structure, width = spec.structure, 1 + spec.rank
+    count = sum(n * width for _, n in structure.entities)
+    count += sum(
+        b["levels"].shape[0] * width for t in structure.terms for b in plan["terms"][t.dim]
+    )
+    count += _intercept_count(spec)
+    entities, owned, biased = _ridge_counts(spec, plan["ridge"])
+    count += len(entities) * spec.rank + sum(t.n_levels for t in owned) + len(biased)
+    count += len(structure.groups) * width  # the hyperparameter means
+    if _has_scale_exchange(structure):
+        count += _SCALE_STEPS * 2 * spec.rank
+    if spec.task == "ordinal":
+        count += len(structure.entities)
+    return count
+
+
+def _ridge_moves(params, data, spec: ModelSpec, variates: _Variates) -> dict:
     """Exact shifts along flat directions of the likelihood (see :mod:`bayesfm.ridge`): each
     entity's factor mean against the linear weights, each owned attribute against its owner,
     then the global bias against each entity (the ordered probit has no bias;
     :func:`_cutpoint_shift` moves its cutpoints instead)."""
     structure = spec.structure
     grams = data["gibbs"]["ridge"]
-    owned = [t for t in structure.terms if t.dim in grams]
-    entities = [d for d, _ in structure.entities]
-    biased = entities if spec.task != "ordinal" else []
-    keys = iter(jax.random.split(key, 2 * len(entities) + len(owned)))
+    entities, owned, biased = _ridge_counts(spec, grams)
     for d in entities:
-        params = factor_shift(params, structure.groups, d, next(keys))
+        params = factor_shift(params, structure.groups, d, variates.normal((spec.rank,)))
     for t in owned:
-        params = owned_shift(params, data, grams[t.dim], t, next(keys))
+        params = owned_shift(params, data, grams[t.dim], t, variates.normal((t.n_levels,)))
     for d in biased:
-        params = bias_shift(params, d, spec.prior.bias_scale, next(keys))
+        params = bias_shift(params, d, spec.prior.bias_scale, variates.normal())
     return params
 
 
-def _cutpoint_shift(params, spec: ModelSpec, dim: str, key) -> dict:
+def _cutpoint_shift(params, spec: ModelSpec, dim: str, normal: jnp.ndarray) -> dict:
     """Exact draw along the ordinal model's location ridge through entity ``dim``.
 
     Adding ``delta`` to every cutpoint, to every utility and to ``w_{dim}`` and its mean
@@ -601,14 +740,15 @@ def _cutpoint_shift(params, spec: ModelSpec, dim: str, key) -> dict:
     scale, where the gaps do not move) and of ``w_mu_{dim}`` see it. So ``delta`` has a
     Gaussian conditional, drawn here (a translation-group move, Liu & Wu, 1999). Without it
     the cutpoints and the bias means trade off by a slow random walk. The utilities are
-    redrawn at the start of the next sweep, so they are not stored.
+    redrawn at the start of the next sweep, so they are not stored. ``normal``: one
+    standard normal variate.
     """
     prior = spec.prior
     lam = prior.gamma0 * params[f"w_lambda_{dim}"]
     c0, mu = params["cutpoints"][0], params[f"w_mu_{dim}"]
     prec = 1.0 / CUTPOINT_PRIOR_SCALE**2 + lam
     mean = (-c0 / CUTPOINT_PRIOR_SCALE**2 + lam * (prior.mu0 - mu)) / prec
-    delta = mean + jax.random.normal(key) / jnp.sqrt(prec)
+    delta = mean + normal / jnp.sqrt(prec)
     return {
         **params,
         "cutpoints": params["cutpoints"] + delta,
@@ -640,8 +780,7 @@ def scale_exchange(
     lam_a: jnp.ndarray,
     mu_b: jnp.ndarray,
     lam_b: jnp.ndarray,
-    key: jax.Array,
-    steps: int = _SCALE_STEPS,
+    normals: jnp.ndarray,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Move ``(v_a[:, f], v_b[:, f]) -> (c_f v_a[:, f], v_b[:, f] / c_f)`` by Metropolis.
 
@@ -655,7 +794,9 @@ def scale_exchange(
     (sums over levels), evaluated in O(1) per step. A random walk on ``t`` whose scale is
     an orbit invariant (``Sxx Syy`` does not change along the orbit) is a symmetric proposal,
     so each step leaves the joint posterior invariant (the group-move argument of Liu & Wu,
-    1999). Factors move independently. Returns the new tables and ``t``.
+    1999). Factors move independently. ``normals`` (steps, 2, rank): standard normals, per
+    step one for each factor's proposal and one whose ``log Phi`` is the log of the uniform
+    acceptance variate. Returns the new tables and ``t``.
     """
     n_a, n_b = v_a.shape[0], v_b.shape[0]
     sx, sxx = v_a.sum(0), (v_a * v_a).sum(0)
@@ -672,16 +813,16 @@ def scale_exchange(
     # curvature at the balanced point, 4 sqrt(lam_a lam_b Sxx Syy), is invariant on the orbit
     scale = 2.4 / jnp.sqrt(4.0 * jnp.sqrt(lam_a * lam_b * sxx * syy) + 1e-12)
 
-    def step(carry, k):
+    def step(carry, z):
         t, lp = carry
-        k_prop, k_acc = jax.random.split(k)
-        t_new = t + scale * jax.random.normal(k_prop, t.shape)
+        t_new = t + scale * z[0]
         lp_new = log_target(t_new)
-        accept = jnp.log(jax.random.uniform(k_acc, t.shape)) < lp_new - lp
+        # Phi(Z) is uniform for a standard normal Z
+        accept = log_ndtr(z[1]) < lp_new - lp
         return (jnp.where(accept, t_new, t), jnp.where(accept, lp_new, lp)), None
 
     t0 = jnp.zeros_like(sx)
-    (t, _), _ = jax.lax.scan(step, (t0, log_target(t0)), jax.random.split(key, steps))
+    (t, _), _ = jax.lax.scan(step, (t0, log_target(t0)), normals)
     c = jnp.exp(t)
     return v_a * c, v_b / c, t
 

@@ -34,7 +34,7 @@ import numpy as np
 from scipy import sparse
 
 from .data import ROW, Structure
-from .linalg import draw_gaussian
+from .linalg import gaussian_from_normals
 
 __all__ = ["RIDGE_MAX_LEVELS", "ridge_plan", "owned_shift", "bias_shift", "factor_shift"]
 
@@ -88,15 +88,19 @@ def apply_owned_shift(params, data, term, c: jnp.ndarray) -> dict:
     return {**params, f"w_{t}": params[f"w_{t}"] + c, f"w_{d}": params[f"w_{d}"] - a_c}
 
 
-def owned_shift(params, data, gram, term, key) -> dict:
-    """Draw the shift of an owned attribute against its owner from its exact conditional."""
+def owned_shift(params, data, gram, term, normals: jnp.ndarray) -> dict:
+    """Draw the shift of an owned attribute against its owner from its exact conditional.
+
+    ``normals``: standard normal variates, one per level of the attribute.
+    """
     precision, shift = owned_shift_system(params, data, gram, term)
-    c = draw_gaussian(precision, shift, key, jnp.zeros(term.n_levels))
+    c = gaussian_from_normals(precision, shift, normals, jnp.zeros(term.n_levels))
     return apply_owned_shift(params, data, term, c)
 
 
-def bias_shift(params, dim: str, bias_scale: float, key) -> dict:
-    """Draw ``c`` in ``w0 + c``, ``w_dim - c`` (entity ``dim``) from its exact conditional.
+def bias_shift(params, dim: str, bias_scale: float, normal: jnp.ndarray) -> dict:
+    """Draw ``c`` in ``w0 + c``, ``w_dim - c`` (entity ``dim``) from its exact conditional,
+    given one standard normal variate ``normal``.
 
     ``w0 ~ N(0, bias_scale^2)`` (around the training offset) and the deviations
     ``w_e - mu`` have precision ``lam``, so ``c ~ N(b / P, 1 / P)`` with
@@ -107,7 +111,7 @@ def bias_shift(params, dim: str, bias_scale: float, key) -> dict:
     prior_prec = 1.0 / bias_scale**2
     precision = prior_prec + lam * w.shape[0]
     mean = (-w0 * prior_prec + lam * jnp.sum(w - params[f"w_mu_{dim}"])) / precision
-    c = mean + jax.random.normal(key) / jnp.sqrt(precision)
+    c = mean + normal / jnp.sqrt(precision)
     return {**params, "w0": w0 + c, f"w_{dim}": w - c}
 
 
@@ -140,8 +144,11 @@ def apply_factor_shift(params, groups: tuple[str, ...], dim: str, delta: jnp.nda
     return out
 
 
-def factor_shift(params, groups: tuple[str, ...], dim: str, key) -> dict:
-    """Draw the factor-mean shift of entity ``dim`` from its exact conditional."""
+def factor_shift(params, groups: tuple[str, ...], dim: str, normals: jnp.ndarray) -> dict:
+    """Draw the factor-mean shift of entity ``dim`` from its exact conditional.
+
+    ``normals``: standard normal variates, one per factor dimension.
+    """
     precision, shift = factor_shift_system(params, groups, dim)
-    delta = draw_gaussian(precision, shift, key, jnp.zeros(shift.shape))
+    delta = gaussian_from_normals(precision, shift, normals, jnp.zeros(shift.shape))
     return apply_factor_shift(params, groups, dim, delta)

@@ -70,7 +70,8 @@ def rich_problem():
     encoder = FittedEncoder.fit(bfm.FeatureSpec(fields), X)
     spec = ModelSpec(structure=encoder.structure, rank=RANK)
     arrays = encoder.transform(X).arrays()
-    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+    # free widths, so that a term of this tiny problem still spans several scans
+    arrays["gibbs"] = gibbs_plan(arrays, spec.structure, block_cost=0)
     data = to_jax(arrays)
     params = {"w0": jnp.float32(0.3), "noise_precision": jnp.float32(2.5)}
     for g in spec.structure.groups:
@@ -147,14 +148,17 @@ def test_term_scan_carries_its_sums_across_blocks(rich_problem, monkeypatch):
 
     spec, data, params, y, offset = rich_problem
 
-    def conditional_mean(precision, shift, key, fallback):
+    def conditional_mean(precision, shift, normals, fallback):
         return jnp.linalg.solve(precision, shift[..., None])[..., 0]
 
-    monkeypatch.setattr(gibbs, "draw_gaussian", conditional_mean)
+    monkeypatch.setattr(gibbs, "gaussian_from_normals", conditional_mean)
     for term in spec.structure.terms:
+        normals = [
+            jnp.zeros((*b["levels"].shape, 1 + spec.rank)) for b in data["gibbs"]["terms"][term.dim]
+        ]
         update = jax.jit(
-            lambda p, term=term: gibbs._update_term(
-                p, data, data["gibbs"], offset, y, spec, term, jax.random.key(0), None
+            lambda p, term=term, normals=normals: gibbs._update_term(
+                p, data, data["gibbs"], offset, y, spec, term, normals, None
             )
         )
         p = params
@@ -177,10 +181,16 @@ def test_term_blocks_pick_the_widths_with_least_padding():
     # two widths give 10 x 8 + 128 = 208, the least possible
     counts = np.array([1] * 10 + [100])
     index = np.random.default_rng(0).permutation(np.repeat(np.arange(11), counts))
-    one = _term_blocks(index, 11, max_blocks=1)
+    one = _term_blocks(index, 11, max_blocks=1, block_cost=0)
     assert [b["entries"].shape for b in one] == [(11, 128)]
-    two = _term_blocks(index, 11, max_blocks=2)
+    two = _term_blocks(index, 11, max_blocks=2, block_cost=0)
     assert [b["entries"].shape for b in two] == [(10, 8), (1, 128)]
+    # a second width saves 1200 entries: not worth a scan body at a price above that
+    assert [b["entries"].shape for b in _term_blocks(index, 11, block_cost=1201)] == [(11, 128)]
+    assert [b["entries"].shape for b in _term_blocks(index, 11, block_cost=1199)] == [
+        (10, 8),
+        (1, 128),
+    ]
     for blocks in (one, two):
         assert sorted(np.concatenate([b["levels"] for b in blocks])) == list(range(11))
         for block in blocks:
@@ -422,7 +432,8 @@ def test_scale_exchange_keeps_predictions_and_its_orbit_target():
 
     def one(carry, key):
         va, vb, total = carry
-        va, vb, t = scale_exchange(va, vb, mu_a, lam_a, mu_b, lam_b, key, steps=1)
+        normals = jax.random.normal(key, (1, 2, 2))  # one step: proposal and acceptance
+        va, vb, t = scale_exchange(va, vb, mu_a, lam_a, mu_b, lam_b, normals)
         return (va, vb, total + t), total + t
 
     keys = jax.random.split(jax.random.PRNGKey(0), 40000)

@@ -1,7 +1,9 @@
-"""Batched Cholesky and triangular solves against numpy, unrolled and looped variants."""
+"""Cholesky, triangular solves and Gaussian draws against numpy: unrolled (batch-last) and
+looped variants, batched and single matrices."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,22 +11,55 @@ import pytest
 from bayesfm import linalg
 
 
+def _spd(rng, batch, d):
+    a = rng.normal(size=(*batch, d, d))
+    return a @ np.swapaxes(a, -1, -2) + d * np.eye(d)
+
+
+@pytest.mark.parametrize("unroll", [None, True, False])
+@pytest.mark.parametrize("batch", [(2, 3), ()])
 @pytest.mark.parametrize("d", [1, 5, linalg.UNROLL_MAX + 3])
-def test_cholesky_and_solves_match_numpy(d):
+def test_cholesky_and_solves_match_numpy(d, batch, unroll):
     rng = np.random.default_rng(d)
-    a = rng.normal(size=(7, d, d))
-    spd = a @ np.swapaxes(a, 1, 2) + d * np.eye(d)
-    b = rng.normal(size=(7, d))
-    low = linalg.cholesky(jnp.asarray(spd, jnp.float32))
+    spd = _spd(rng, batch, d)
+    b = rng.normal(size=(*batch, d))
+
+    @jax.jit
+    def factor_and_solve(a, b):
+        low = linalg.cholesky(a, unroll)
+        return low, linalg.solve_lower(low, b, unroll), linalg.solve_lower_transpose(low, b, unroll)
+
+    low, x, xt = factor_and_solve(jnp.asarray(spd, jnp.float32), jnp.asarray(b, jnp.float32))
     ref = np.linalg.cholesky(spd)
     np.testing.assert_allclose(low, ref, rtol=1e-4, atol=1e-4)
-    x = linalg.solve_lower(low, jnp.asarray(b, jnp.float32))
     np.testing.assert_allclose(x, np.linalg.solve(ref, b[..., None])[..., 0], rtol=1e-3, atol=1e-4)
-    xt = linalg.solve_lower_transpose(low, jnp.asarray(b, jnp.float32))
-    expected = np.linalg.solve(np.swapaxes(ref, 1, 2), b[..., None])[..., 0]
+    expected = np.linalg.solve(np.swapaxes(ref, -1, -2), b[..., None])[..., 0]
     np.testing.assert_allclose(xt, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_cholesky_of_an_indefinite_matrix_is_not_finite():
-    low = linalg.cholesky(jnp.array([[1.0, 2.0], [2.0, 1.0]]))
+@pytest.mark.parametrize("unroll", [True, False])
+def test_cholesky_of_an_indefinite_matrix_is_not_finite(unroll):
+    low = linalg.cholesky(jnp.array([[[1.0, 2.0], [2.0, 1.0]]]), unroll)
     assert not np.all(np.isfinite(np.asarray(low)))
+
+
+@pytest.mark.parametrize("batch", [(6,), ()])
+def test_gaussian_from_normals_is_the_same_map_unrolled_or_looped(batch):
+    """x = P^-1 b + L^-T eps, whichever way L is computed."""
+    rng = np.random.default_rng(5)
+    d = 11
+    spd = jnp.asarray(_spd(rng, batch, d), jnp.float32)
+    shift = jnp.asarray(rng.normal(size=(*batch, d)), jnp.float32)
+    normals = jax.random.normal(jax.random.PRNGKey(0), shift.shape)
+    fallback = jnp.zeros(shift.shape)
+    draw = jax.jit(linalg.gaussian_from_normals, static_argnames="unroll")
+    unrolled = draw(spd, shift, normals, fallback, unroll=True)
+    looped = draw(spd, shift, normals, fallback, unroll=False)
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-4, atol=1e-5)
+    p = np.asarray(spd, np.float64)
+    low = np.linalg.cholesky(p)
+    expected = (
+        np.linalg.solve(p, np.asarray(shift)[..., None])[..., 0]
+        + np.linalg.solve(np.swapaxes(low, -1, -2), np.asarray(normals)[..., None])[..., 0]
+    )
+    np.testing.assert_allclose(unrolled, expected, rtol=1e-3, atol=1e-4)
