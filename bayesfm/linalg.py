@@ -86,9 +86,8 @@ def _solve_lower_transpose_columns(cols: list[jnp.ndarray], bt: jnp.ndarray) -> 
 
 def _columns_to_matrix(cols: list[jnp.ndarray]) -> jnp.ndarray:
     """The full lower-triangular (*batch, d, d) from the ragged columns."""
-    d = len(cols)
     full = [jnp.concatenate([jnp.zeros((j, *c.shape[1:]), c.dtype), c]) for j, c in enumerate(cols)]
-    return _batch_first(jnp.stack(full, axis=1), 2) if d else jnp.zeros((0, 0))
+    return _batch_first(jnp.stack(full, axis=1), 2)
 
 
 def cholesky(a: jnp.ndarray, unroll: bool | None = None) -> jnp.ndarray:
