@@ -385,6 +385,61 @@ def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     return {**params, f"w_{dim}": theta[:, 0], f"v_{dim}": theta[:, 1:]}
 
 
+def _shares_entity_draw(spec: ModelSpec) -> bool:
+    """Whether the entities are drawn in one loop that compiles the batched draw once."""
+    return len(spec.structure.entities) > 1
+
+
+def _entity_normal_count(spec: ModelSpec) -> int:
+    entities, width = spec.structure.entities, 1 + spec.rank
+    if _shares_entity_draw(spec):  # every entity's slice is padded to the largest
+        return len(entities) * max(n for _, n in entities) * width
+    return sum(n * width for _, n in entities)
+
+
+def _update_entities(params, data, plan, offset, y, spec: ModelSpec, variates, mesh):
+    """Draw every entity field in turn (users, then items, ...), each all levels at once.
+
+    The unrolled batched Gaussian draw is the largest program of a sweep (1.3-1.9 s to
+    compile on a 2-core CPU at rank 10). With several entities the fields go through one
+    ``fori_loop`` whose body picks the field's system with ``lax.switch``, so that draw is
+    compiled once; each field's system is padded to the largest field (identity precision,
+    zero shift: padded levels draw noise that is never stored).
+    """
+    entities, width = spec.structure.entities, 1 + spec.rank
+    if not _shares_entity_draw(spec):
+        for d, n in entities:
+            normals = variates.normal((n, width))
+            params = _update_entity(params, data, plan, offset, y, spec, d, n, normals, mesh)
+        return params
+    n_max = max(n for _, n in entities)
+    normals = variates.normal((len(entities), n_max, width))
+
+    def system(dim, n, params):
+        precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n, mesh)
+        current = jnp.concatenate([params[f"w_{dim}"][:, None], params[f"v_{dim}"]], axis=1)
+        pad = n_max - n
+        eye = jnp.broadcast_to(jnp.eye(width, dtype=precision.dtype), (pad, width, width))
+        return (
+            jnp.concatenate([precision, eye]),
+            jnp.pad(shift, ((0, pad), (0, 0))),
+            jnp.pad(current, ((0, pad), (0, 0))),
+        )
+
+    def store(dim, n, params, theta):
+        return {**params, f"w_{dim}": theta[:n, 0], f"v_{dim}": theta[:n, 1:]}
+
+    systems = [partial(system, d, n) for d, n in entities]
+    stores = [partial(store, d, n) for d, n in entities]
+
+    def one_field(i, params):
+        precision, shift, current = jax.lax.switch(i, systems, params)
+        theta = gaussian_from_normals(precision, shift, normals[i], current)
+        return jax.lax.switch(i, stores, params, theta)
+
+    return jax.lax.fori_loop(0, len(entities), one_field, params)
+
+
 class _TermStats(NamedTuple):
     """Per-unit sufficient statistics of the rows, fixed while one term field is updated."""
 
@@ -623,9 +678,7 @@ def gibbs_sweep(
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
         params, y = _augment(params, data, offset, y, spec, k_cut, k_util)
-    for d, n in structure.entities:
-        normals = variates.normal((n, 1 + spec.rank))
-        params = _update_entity(params, data, plan, offset, y, spec, d, n, normals, mesh)
+    params = _update_entities(params, data, plan, offset, y, spec, variates, mesh)
     for term in structure.terms:
         normals = [
             variates.normal(b["levels"].shape + (1 + spec.rank,)) for b in plan["terms"][term.dim]
@@ -699,7 +752,7 @@ def _ridge_counts(spec: ModelSpec, grams: dict) -> tuple[list[str], list, list[s
 def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
     """Standard normals one sweep uses, block by block in :func:`gibbs_sweep`'s order."""
     structure, width = spec.structure, 1 + spec.rank
-    count = sum(n * width for _, n in structure.entities)
+    count = _entity_normal_count(spec)
     count += sum(
         b["levels"].shape[0] * width for t in structure.terms for b in plan["terms"][t.dim]
     )
