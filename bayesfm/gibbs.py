@@ -669,7 +669,8 @@ def gibbs_sweep(
     k_variates, k_cut, k_util = jax.random.split(key, 3)
     # the hyperparameters' precisions, then the noise precision: their gamma shapes are known
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
-    gamma_shapes = [normal_gamma_shapes(members, prior.alpha0)]
+    hyper_shapes = normal_gamma_shapes(members, prior.alpha0)
+    gamma_shapes = [hyper_shapes]
     if spec.task == "regression":
         n_rows = jnp.sum(data["row_mask"]) if "row_mask" in data else y.shape[0]
         gamma_shapes.append(jnp.reshape(prior.noise_alpha + 0.5 * n_rows, (1,)))
@@ -688,7 +689,7 @@ def gibbs_sweep(
     params = _update_intercepts(params, data, offset, y, spec, normals)
     params = _ridge_moves(params, data, spec, variates)
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
-    n_hyper = int(normal_gamma_shapes(members, prior.alpha0).shape[0])
+    n_hyper = hyper_shapes.shape[0]
     hyper = iter(
         normal_gamma_from_variates(
             members,
