@@ -161,24 +161,44 @@ def gaussian_from_normals(
     normals: jnp.ndarray,
     fallback: jnp.ndarray,
     unroll: bool | None = None,
+    relax: float = 0.0,
 ) -> jnp.ndarray:
     """``x ~ N(P^-1 b, P^-1)`` from standard normals ``normals`` (same shape as ``b``).
 
     Uses ``x = P^-1 b + L^-T eps`` with ``P = L L^T``. Where the factorization is not finite
     (float32 round-off on huge Gram sums), returns ``fallback`` (the current value).
     ``unroll``: see the module docstring (default: unrolled for a batch of small matrices).
+
+    ``relax`` in (-1, 1) makes it Adler's over-relaxed update from the current value
+    ``fallback``: ``x = m + relax (x_0 - m) + sqrt(1 - relax^2) L^-T eps``, ``m = P^-1 b``,
+    which also leaves ``N(m, P^-1)`` invariant (and is reversible), and with ``relax < 0``
+    moves to the far side of the conditional mean, suppressing the random walk of a Gibbs
+    sampler whose blocks are strongly coupled (Adler, 1981; Neal, 1998).
     """
     d = precision.shape[-1]
     scale = jnp.max(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
     precision = precision + (_JITTER * scale)[..., None, None] * jnp.eye(d)
-    # mean + L^-T eps = L^-T (L^-1 b + eps)
+    noise_scale = (1.0 - relax**2) ** 0.5
+    # mean + L^-T eps = L^-T (L^-1 b + eps); relaxed: L^-T ((1 - r) L^-1 b + r L^T x0 + s eps)
     if _unrolled(precision, unroll):
         # batch-last throughout: no full factor is assembled
         cols = _cholesky_columns(_batch_last(precision, 2))
-        inner = _solve_lower_columns(cols, _batch_last(shift, 1)) + _batch_last(normals, 1)
-        draw = _batch_first(_solve_lower_transpose_columns(cols, inner), 1)
+        inner = _solve_lower_columns(cols, _batch_last(shift, 1))
+        noise = _batch_last(normals, 1)
+        if relax:
+            x0 = _batch_last(fallback, 1)
+            upper = jnp.stack([jnp.sum(c * x0[j:], axis=0) for j, c in enumerate(cols)])
+            inner = (1.0 - relax) * inner + relax * upper
+            noise = noise_scale * noise
+        draw = _batch_first(_solve_lower_transpose_columns(cols, inner + noise), 1)
     else:
         chol = cholesky(precision, unroll=False)
-        draw = solve_lower_transpose(chol, solve_lower(chol, shift, False) + normals, False)
+        inner = solve_lower(chol, shift, False)
+        noise = normals
+        if relax:
+            upper = jnp.einsum("...ij,...i->...j", chol, fallback)
+            inner = (1.0 - relax) * inner + relax * upper
+            noise = noise_scale * noise
+        draw = solve_lower_transpose(chol, inner + noise, False)
     ok = jnp.all(jnp.isfinite(draw), axis=-1, keepdims=True)
     return jnp.where(ok, draw, fallback)

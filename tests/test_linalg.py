@@ -3,6 +3,8 @@ looped variants, batched and single matrices."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +65,40 @@ def test_gaussian_from_normals_is_the_same_map_unrolled_or_looped(batch):
         + np.linalg.solve(np.swapaxes(low, -1, -2), np.asarray(normals)[..., None])[..., 0]
     )
     np.testing.assert_allclose(unrolled, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+def test_over_relaxed_draw_is_the_analytic_map_and_keeps_the_gaussian(unroll):
+    """x = m + r (x0 - m) + sqrt(1 - r^2) L^-T eps: from x0 ~ N(m, P^-1) the draws are
+    N(m, P^-1) again, with cross-covariance r P^-1 to the start."""
+    rng = np.random.default_rng(8)
+    d, n, relax = 3, 20000, -0.8
+    p = _spd(rng, (), d)
+    b = rng.normal(size=d)
+    mean, cov = np.linalg.solve(p, b), np.linalg.inv(p)
+    low = np.linalg.cholesky(p)
+    start = mean + rng.normal(size=(n, d)) @ np.linalg.cholesky(cov).T
+    normals = rng.normal(size=(n, d))
+    batch = (n,) if unroll else ()
+    draw = jax.jit(
+        jax.vmap(
+            partial(linalg.gaussian_from_normals, unroll=unroll, relax=relax),
+            in_axes=(None, None, 0, 0),
+        )
+        if not unroll
+        else partial(linalg.gaussian_from_normals, unroll=unroll, relax=relax)
+    )
+    spd = jnp.asarray(np.broadcast_to(p, (*batch, d, d)), jnp.float32)
+    shift = jnp.asarray(np.broadcast_to(b, (*batch, d)) if unroll else b, jnp.float32)
+    x = np.asarray(
+        draw(spd, shift, jnp.asarray(normals, jnp.float32), jnp.asarray(start, jnp.float32)),
+        np.float64,
+    )
+    expected = (
+        mean + relax * (start - mean) + np.sqrt(1 - relax**2) * np.linalg.solve(low.T, normals.T).T
+    )
+    np.testing.assert_allclose(x, expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(x.mean(0), mean, atol=0.03)
+    np.testing.assert_allclose(np.cov(x.T), cov, atol=0.03)
+    cross = (x - mean).T @ (start - mean) / n
+    np.testing.assert_allclose(cross, relax * cov, atol=0.03)
