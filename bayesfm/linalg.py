@@ -175,6 +175,8 @@ def gaussian_from_normals(
     moves to the far side of the conditional mean, suppressing the random walk of a Gibbs
     sampler whose blocks are strongly coupled (Adler, 1981; Neal, 1998).
     """
+    if not -1.0 < relax < 1.0:  # at 1 the chain would never move
+        raise ValueError(f"relax: got {relax!r}; allowed values lie in (-1, 1)")
     d = precision.shape[-1]
     scale = jnp.max(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
     precision = precision + (_JITTER * scale)[..., None, None] * jnp.eye(d)

@@ -179,6 +179,10 @@ def main() -> None:
 
     sampler, suffix = f"{SAMPLER} {bayesfm.gibbs.ENTITY_RELAX:g}", ""
     if args.entity_relax is not None:
+        if not -1.0 < args.entity_relax < 1.0:
+            raise SystemExit(
+                f"--entity-relax: got {args.entity_relax}; allowed values lie in (-1, 1)"
+            )
         bayesfm.gibbs.ENTITY_RELAX = args.entity_relax
         sampler, suffix = f"{SAMPLER} {args.entity_relax:g}", f"/relax{args.entity_relax:g}"
     warmup = args.diag_warmup

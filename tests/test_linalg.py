@@ -102,3 +102,10 @@ def test_over_relaxed_draw_is_the_analytic_map_and_keeps_the_gaussian(unroll):
     np.testing.assert_allclose(np.cov(x.T), cov, atol=0.03)
     cross = (x - mean).T @ (start - mean) / n
     np.testing.assert_allclose(cross, relax * cov, atol=0.03)
+
+
+@pytest.mark.parametrize("relax", [1.0, -1.5])
+def test_over_relaxation_outside_the_open_interval_is_refused(relax):
+    eye = jnp.eye(2)
+    with pytest.raises(ValueError, match=r"relax: got .*allowed values lie in \(-1, 1\)"):
+        linalg.gaussian_from_normals(eye, jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), relax=relax)
