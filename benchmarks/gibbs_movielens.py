@@ -102,6 +102,8 @@ def run_bayesfm(bfm, train, test, features, cfg):
 
 def main() -> None:
     args = _args()
+    if args.entity_relax is not None and not -1.0 < args.entity_relax < 1.0:
+        raise SystemExit(f"--entity-relax: got {args.entity_relax}; allowed values lie in (-1, 1)")
     import jax
 
     import bayesfm as bfm
@@ -179,10 +181,6 @@ def main() -> None:
 
     sampler, suffix = f"{SAMPLER} {bayesfm.gibbs.ENTITY_RELAX:g}", ""
     if args.entity_relax is not None:
-        if not -1.0 < args.entity_relax < 1.0:
-            raise SystemExit(
-                f"--entity-relax: got {args.entity_relax}; allowed values lie in (-1, 1)"
-            )
         bayesfm.gibbs.ENTITY_RELAX = args.entity_relax
         sampler, suffix = f"{SAMPLER} {args.entity_relax:g}", f"/relax{args.entity_relax:g}"
     warmup = args.diag_warmup
