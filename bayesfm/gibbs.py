@@ -16,8 +16,10 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    sufficient statistics first (Rendle's relational blocks), so a step costs
    O(entities holding the level x rank^2), not O(rows). Levels are padded to a few widths
    (one scan per width) rather than all to the most frequent level's count.
-3. The global bias, the Normal–Gamma hyperparameters of every group (drawn jointly from their
-   Normal–Gamma conditional) and the noise precision.
+3. The global bias and group means, the ridge moves (:mod:`bayesfm.ridge`), a joint turn of
+   every factor table with the factor hyperparameters integrated out
+   (:mod:`bayesfm.rotation`, ``FACTOR_ROTATION``), then the Normal–Gamma hyperparameters of
+   every group (drawn jointly from their Normal–Gamma conditional) and the noise precision.
 4. With exactly two one-hot fields and nothing else (MF), a *scale exchange*: factor ``f`` of
    every user is multiplied by ``c_f`` and of every item divided by it, which leaves every
    prediction unchanged. Plain Gibbs moves along this direction only by a slow random walk
@@ -57,6 +59,7 @@ from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import draw_gaussian, gaussian_from_normals
 from .ridge import bias_shift, factor_shift, owned_shift, ridge_plan
+from .rotation import rotate_factors, rotation_normal_count
 from .sharding import DATA_AXIS
 
 __all__ = [
@@ -78,8 +81,10 @@ __all__ = [
 # Gibbs). Users given items and items given users are strongly coupled, so plain draws
 # random-walk. On MovieLens-100K ua (4 chains x 700 sweeps, docs/benchmarks_gibbs.md) -0.8
 # took the median R-hat of 200 probe predictions from 1.004 to 1.001 (MF) and from 1.006 to
-# 1.003 (FM), at no measurable cost per sweep
+# 1.002 (FM), at no measurable cost per sweep
 ENTITY_RELAX = -0.8
+# turn the factor dimensions jointly, collapsed over their precisions (bayesfm.rotation)
+FACTOR_ROTATION = True
 # Metropolis steps of the scale exchange per sweep (each O(rank) once sums are formed)
 _SCALE_STEPS = 8
 # a term's levels are split into one more block width only if that saves this many padded
@@ -695,6 +700,18 @@ def gibbs_sweep(
     normals = variates.normal((_intercept_count(spec),))
     params = _update_intercepts(params, data, offset, y, spec, normals)
     params = _ridge_moves(params, data, spec, variates)
+    if _rotates(spec):
+        # collapsed over the factor hyperparameters, which are redrawn right below
+        groups = structure.groups
+        tables, _ = rotate_factors(
+            [params[f"v_{g}"] for g in groups],
+            variates.normal((rotation_normal_count(spec.rank),)),
+            prior.alpha0,
+            prior.beta0,
+            prior.gamma0,
+            prior.mu0,
+        )
+        params.update({f"v_{g}": t for g, t in zip(groups, tables, strict=True)})
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
     n_hyper = hyper_shapes.shape[0]
     hyper = iter(
@@ -736,6 +753,11 @@ def gibbs_sweep(
     return params
 
 
+def _rotates(spec: ModelSpec) -> bool:
+    """Whether the sweep turns the factor dimensions (:mod:`bayesfm.rotation`)."""
+    return FACTOR_ROTATION and spec.rank > 1
+
+
 def _has_scale_exchange(structure: Structure) -> bool:
     """MF (exactly two entities, nothing else) has the factor-scale orbit to move along."""
     return len(structure.entities) == 2 and not structure.terms
@@ -768,6 +790,8 @@ def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
     entities, owned, biased = _ridge_counts(spec, plan["ridge"])
     count += len(entities) * spec.rank + sum(t.n_levels for t in owned) + len(biased)
     count += len(structure.groups) * width  # the hyperparameter means
+    if _rotates(spec):
+        count += rotation_normal_count(spec.rank)
     if _has_scale_exchange(structure):
         count += _SCALE_STEPS * 2 * spec.rank
     if spec.task == "ordinal":

@@ -3,8 +3,9 @@ myFM designs.
 
 - ``mf``: user + item;
 - ``fm``: + age, gender, occupation (per user), genres and release year (per item);
-- ``fm_full``: ``fm`` + the day of the rating + the implicit sets (the items each user rated,
-  the users who rated each item), with the ordered probit.
+- ``fm_implicit``: ``fm`` + the implicit sets (the items each user rated, the users who rated
+  each item), Gaussian;
+- ``fm_full``: ``fm`` + the day of the rating + the implicit sets, with the ordered probit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 FEATURES = {
     "mf": "user + item",
     "fm": "+ age, gender, occupation (per user), genres and release year (per item)",
+    "fm_implicit": "fm + implicit sets (items each user rated, users who rated each item)",
     "fm_full": "fm + day of the rating + implicit sets (items each user rated, users who "
     "rated each item), ordered probit",
 }
@@ -33,7 +35,8 @@ def prepare(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
 
 
 def bayesfm_fields(bfm, features: str, year: bool = True) -> list:
-    """The fields of ``features`` (``"fm"`` or ``"fm_full"``) as a bayesfm feature list.
+    """The fields of ``features`` (``"fm"``, ``"fm_implicit"`` or ``"fm_full"``) as a bayesfm
+    feature list.
 
     ``year=False`` leaves out the release year, as the Gibbs and recommendation studies
     (measured before the year joined the ``fm`` set) do.
@@ -49,8 +52,9 @@ def bayesfm_fields(bfm, features: str, year: bool = True) -> list:
     if year:
         fields.append(bfm.Numeric("year", owner="item_id"))
     if features == "fm_full":
+        fields.append(bfm.Categorical("day"))
+    if features in ("fm_implicit", "fm_full"):
         fields += [
-            bfm.Categorical("day"),
             bfm.Implicit(owner="user_id", members="item_id"),
             bfm.Implicit(owner="item_id", members="user_id"),
         ]
@@ -120,16 +124,17 @@ def myfm_design(train: pd.DataFrame, test: pd.DataFrame, features: str, year: bo
     group_shapes)``.
 
     ``mf`` and ``fm`` are plain sparse designs (one-hot ids, gender and occupation,
-    standardized age and year, genres weighted 1/n). ``fm_full`` uses myFM's relation blocks
-    (Rendle 2013), one per user and one per item, holding the entity's attributes and its
-    implicit set; only the day of the rating stays in the row design. A flat design would
-    repeat every implicit set on each of the entity's rows.
+    standardized age and year, genres weighted 1/n). ``fm_implicit`` and ``fm_full`` use
+    myFM's relation blocks (Rendle 2013), one per user and one per item, holding the entity's
+    attributes and its implicit set; only the day of the rating (``fm_full``) stays in the row
+    design, which ``fm_implicit`` leaves empty. A flat design would repeat every implicit set
+    on each of the entity's rows.
     """
     import myfm
     import scipy.sparse as sps
 
     frames = [train, test]
-    if features != "fm_full":
+    if features in ("mf", "fm"):
         cols = ["user_id", "item_id"] + (["gender", "occupation"] if features == "fm" else [])
         blocks = [_onehot(train, frames, c) for c in cols]
         if features == "fm":
@@ -139,8 +144,11 @@ def myfm_design(train: pd.DataFrame, test: pd.DataFrame, features: str, year: bo
         x = [sps.hstack([b[0][i] for b in blocks]).tocsr() for i in range(2)]
         return x[0], x[1], [], [], [b[1] for b in blocks]
 
-    day, n_day = _onehot(train, frames, "day")
-    shapes = [n_day]
+    if features == "fm_full":
+        row_design, n_day = _onehot(train, frames, "day")
+        shapes = [n_day]
+    else:
+        row_design, shapes = [sps.csr_matrix((len(df), 0)) for df in frames], []
     rel = ([], [])
     entity_blocks = {
         "user_id": lambda ents: [
@@ -165,4 +173,4 @@ def myfm_design(train: pd.DataFrame, test: pd.DataFrame, features: str, year: bo
             where = pd.Index(ents[key]).get_indexer(df[key])
             data = sps.hstack([b[0][i] for b in blocks]).tocsr()
             rel[i].append(myfm.RelationBlock(where.astype(np.int64), data))
-    return day[0], day[1], rel[0], rel[1], shapes
+    return row_design[0], row_design[1], rel[0], rel[1], shapes
