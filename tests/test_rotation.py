@@ -12,19 +12,21 @@ PRIOR = dict(alpha0=0.5, beta0=0.5, gamma0=1.0, mu0=0.0)
 
 
 def _marginal_by_quadrature(x: np.ndarray) -> float:
-    """log of the integral over (mu, lambda) of N(x | mu, 1/lambda) NormalGamma(mu, lambda)."""
+    """log of the integral over (mu, lambda) of N(x | mu, 1/lambda) NormalGamma(mu, lambda),
+    by the trapezoid rule on a fine grid of (mu, log lambda)."""
     a0, b0, g0, mu0 = PRIOR["alpha0"], PRIOR["beta0"], PRIOR["gamma0"], PRIOR["mu0"]
-
-    def integrand(mu, lam):
-        lik = np.prod(stats.norm.pdf(x, mu, 1.0 / np.sqrt(lam)))
-        return (
-            lik
-            * stats.norm.pdf(mu, mu0, 1.0 / np.sqrt(g0 * lam))
-            * stats.gamma.pdf(lam, a0, scale=1.0 / b0)
-        )
-
-    value, _ = integrate.dblquad(integrand, 0.0, 60.0, -6.0, 6.0, epsabs=1e-13, epsrel=1e-7)
-    return float(np.log(value))
+    mu = np.linspace(-8.0, 8.0, 1601)[:, None]
+    log_lam = np.linspace(-12.0, 6.0, 1801)[None, :]
+    lam = np.exp(log_lam)
+    log_f = (
+        np.sum(stats.norm.logpdf(x[:, None, None], mu, 1.0 / np.sqrt(lam)), axis=0)
+        + stats.norm.logpdf(mu, mu0, 1.0 / np.sqrt(g0 * lam))
+        + stats.gamma.logpdf(lam, a0, scale=1.0 / b0)
+        + log_lam  # d lambda = lambda d log lambda
+    )
+    peak = log_f.max()
+    inner = integrate.trapezoid(np.exp(log_f - peak), log_lam[0], axis=1)
+    return float(peak + np.log(integrate.trapezoid(inner, mu[:, 0])))
 
 
 def test_collapsed_density_matches_quadrature_of_the_normal_gamma_marginal():
