@@ -36,6 +36,12 @@ def _args():
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--svi-steps", type=int, default=3000)
+    p.add_argument(
+        "--svi-guide",
+        choices=("normal", "lowrank"),
+        default="normal",
+        help="SVI guide (rows of 'lowrank' are keyed '/lowrank')",
+    )
     p.add_argument("--max-tree-depth", type=int, default=8)
     p.add_argument(
         "--year",
@@ -80,7 +86,11 @@ def main() -> None:
                 init_svi_steps=200 if args.quick else 1500,
             )
         else:
-            inf = bfm.SVIConfig(num_steps=args.svi_steps, num_samples=200 if args.quick else 1000)
+            inf = bfm.SVIConfig(
+                num_steps=args.svi_steps,
+                num_samples=200 if args.quick else 1000,
+                guide=args.svi_guide,
+            )
         # the pointwise log-likelihood is not used here, and long runs would not fit in memory
         common = dict(
             rank=10,
@@ -120,6 +130,7 @@ def main() -> None:
             row = {
                 "part": part,
                 "year": with_year,
+                "guide": args.svi_guide if part.endswith("svi") else None,
                 "split": split,
                 "n_train": len(train),
                 "rmse": float(np.sqrt(np.mean((iv90["mean"] - y) ** 2))),
@@ -157,7 +168,13 @@ def main() -> None:
                     mean_leapfrog=float(st["n_steps"].mean()),
                     chain_method=t.get("chain_method"),
                 )
-            suffixes = ["year" if with_year else "", args.tag, "quick" if args.quick else ""]
+            lowrank = part.endswith("svi") and args.svi_guide == "lowrank"
+            suffixes = [
+                "year" if with_year else "",
+                "lowrank" if lowrank else "",
+                args.tag,
+                "quick" if args.quick else "",
+            ]
             key = "/".join([part, split] + [s for s in suffixes if s])
             save(key, row)
     if not args.quick:
@@ -182,6 +199,7 @@ def write_doc(results: dict, doc: Path) -> None:
     rows = {k: v for k, v in results.items() if not k.endswith("/quick")}
     for r in rows.values():
         r["label"] = r["part"] + (" + year" if r.get("year") else "")
+        r["label"] += " (low-rank guide)" if r.get("guide") == "lowrank" else ""
     # rows from other machines (a GPU) name their own jax
     versions = "".join(
         sorted({f"; rows on {r['device']}: jax {r['jax']}" for r in rows.values() if "jax" in r})
