@@ -24,7 +24,16 @@ from . import recommend as recommend_mod
 from ._version import __version__
 from .data import ROW, Categorical, Encoded, FeatureSpec, FittedEncoder
 from .diagnostics import diagnose, probe_labels, probe_table, warn_if_failed
-from .fm import LINKS, TASKS, ModelSpec, constrain, fm_model, initial_values
+from .fm import (
+    LINKS,
+    TASKS,
+    ModelSpec,
+    constrain,
+    entity_owners,
+    fm_model,
+    initial_values,
+    owned_sums,
+)
 from .gibbs import FMGibbs, gibbs_plan
 from .inference import (
     GibbsConfig,
@@ -251,6 +260,12 @@ class BayesianFM:
         prior = self.prior if self.prior is not None else PriorConfig()
         if not isinstance(prior, PriorConfig):
             raise TypeError(f"prior: got {type(prior).__name__}; expected a PriorConfig")
+        if prior.parametrization == "entity" and isinstance(cfg, SVIConfig) and cfg.minibatch:
+            raise ValueError(
+                "prior.parametrization: got 'entity' with minibatch SVI (batch_size="
+                f"{cfg.batch_size}, holdout={cfg.holdout}); minibatch SVI supports "
+                "'centered' and 'noncentered'"
+            )
         return int(rank), self._feature_spec(), cfg, prior
 
     def _validated_target(self, y: Any, n_rows: int) -> np.ndarray:
@@ -435,7 +450,7 @@ class BayesianFM:
             cpu = jax.default_backend() == "cpu"
             cfg = replace(cfg, chain_method="sequential" if cpu else "vectorized")
         if isinstance(cfg, SVIConfig):
-            post = partial(complete_samples, spec, unconstrained=True)
+            post = partial(complete_samples, spec, unconstrained=True, data=data)
             return run_svi(partial(fm_model, spec=spec), args, cfg, key, post, init_values)
         if isinstance(cfg, GibbsConfig):
             return run_gibbs(FMGibbs(spec, mesh), args, cfg, key)
@@ -448,7 +463,7 @@ class BayesianFM:
             args,
             cfg,
             key,
-            partial(complete_samples, nuts_spec),
+            partial(complete_samples, nuts_spec, data=data),
             initial_values(nuts_spec, jax.random.fold_in(key, 1)),
             init,
         )
@@ -1118,9 +1133,15 @@ def params_from_dict(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def complete_samples(
-    spec: ModelSpec, samples: dict[str, np.ndarray], unconstrained: bool = False
+    spec: ModelSpec,
+    samples: dict[str, np.ndarray],
+    unconstrained: bool = False,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Add derived sites (``sigma``; centred ``w_g``/``v_g`` from non-centred ``_z`` sites)."""
+    """Add derived sites: ``sigma``; centred ``w_g``/``v_g`` from non-centred ``_z`` sites,
+    and from the totals ``_tot`` of the ``"entity"`` parametrization (which need the
+    training ``data``, whose owned features are subtracted). Draws lie along the first axis.
+    """
     if unconstrained:
         samples = {k: np.asarray(v) for k, v in constrain(samples).items()}
     out = dict(samples)
@@ -1135,7 +1156,32 @@ def complete_samples(
             out[f"v_{g}"] = out[f"v_mu_{g}"][:, None, :] + out[f"v_{g}_z"] / np.sqrt(
                 out[f"v_lambda_{g}"][:, None, :]
             )
+    totals = [d for d in entity_owners(spec.structure) if f"w_{d}" not in out]
+    if totals:
+        if data is None:
+            raise RuntimeError("bayesfm internal error: entity totals need the training data")
+        owned = _owned_draws(spec, out, data)
+        for d in totals:
+            lin, s = owned[d]
+            out[f"w_{d}"] = out[f"w_{d}_tot"] - lin
+            out[f"v_{d}"] = out[f"v_{d}_tot"] - s
     return out
+
+
+# draws per compiled step of _owned_draws: bounds the (draws, nonzeros, rank) intermediate
+_OWNED_DRAW_BATCH = 16
+
+
+def _owned_draws(spec: ModelSpec, draws: dict[str, Any], data: dict[str, Any]) -> dict:
+    """:func:`bayesfm.fm.owned_sums` for every draw (first axis) of the owned features."""
+    structure = spec.structure
+    owned_terms = [t.dim for t in structure.terms if t.carrier != ROW]
+    params = {f"{p}_{d}": jnp.asarray(draws[f"{p}_{d}"]) for d in owned_terms for p in "wv"}
+    terms = {d: data["terms"][d] for d in owned_terms}
+    result = jax.lax.map(
+        lambda p: owned_sums(p, terms, structure), params, batch_size=_OWNED_DRAW_BATCH
+    )
+    return {d: (np.asarray(lin), np.asarray(s)) for d, (lin, s) in result.items()}
 
 
 def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: NUTSConfig):
@@ -1169,6 +1215,13 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
                 z[f"{p}_{g}_z"] = (x - expand(mu)) * jnp.sqrt(expand(lam))
                 lam0 = jnp.exp(loc[f"{p}_lambda_{g}"])
                 var[f"{p}_{g}_z"] = var.pop(f"{p}_{g}") * (lam0 if p == "w" else lam0[None, :])
+    if nuts_spec.prior.parametrization == "entity":
+        data = args[0]
+        owned = jax.vmap(lambda p: owned_sums(p, data["terms"], spec.structure))(z)
+        for d, (lin, s) in owned.items():
+            for p, shift in (("w", lin), ("v", s)):
+                z[f"{p}_{d}_tot"] = z.pop(f"{p}_{d}") + shift
+                var[f"{p}_{d}_tot"] = var.pop(f"{p}_{d}")  # the totals' spread, roughly
     inv_mass, _ = ravel_pytree({k: jnp.clip(v, 1e-6, 1e2) for k, v in var.items()})
     if cfg.num_chains == 1:  # numpyro expects no chain axis for a single chain
         z = {k: v[0] for k, v in z.items()}

@@ -31,6 +31,8 @@ __all__ = [
     "LINKS",
     "ModelSpec",
     "entity_components",
+    "owned_sums",
+    "entity_owners",
     "fm_components",
     "fm_predictor",
     "mf_predictor",
@@ -76,6 +78,36 @@ def _segment(x: jnp.ndarray, unit: jnp.ndarray, n: int) -> jnp.ndarray:
     return jax.ops.segment_sum(x, unit, num_segments=n, indices_are_sorted=True)
 
 
+def _owned_parts(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
+    """Per-entity sums of the owned features only: ``{dim: (lin, s, q)}``, entities that own
+    nothing left out. Sized by the entity's table in ``params`` (or its training size)."""
+    out: dict[str, tuple] = {}
+    for t in structure.terms:
+        if t.carrier == ROW:
+            continue
+        lin_t, g, q_t, unit = _term_parts(params, terms[t.dim], t.dim)
+        table = params.get(f"w_{t.carrier}")
+        n = table.shape[0] if table is not None else structure.n_levels(t.carrier)
+        parts = (_segment(lin_t, unit, n), _segment(g, unit, n), _segment(q_t, unit, n))
+        if t.carrier in out:
+            parts = tuple(a + b for a, b in zip(out[t.carrier], parts, strict=True))
+        out[t.carrier] = parts
+    return out
+
+
+def entity_owners(structure: Structure) -> set[str]:
+    """The entities that own at least one feature field."""
+    return {t.carrier for t in structure.terms if t.carrier != ROW}
+
+
+def owned_sums(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
+    """``{dim: (lin, s)}``: per level of each entity that owns features, the sum of its owned
+    features' linear weights (levels,) and factors (levels, rank). Its own weight and factor
+    are not included; the ``"entity"`` parametrization samples the totals (see
+    :mod:`bayesfm.priors`)."""
+    return {d: (lin, s) for d, (lin, s, _) in _owned_parts(params, terms, structure).items()}
+
+
 def entity_components(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
     """Per-entity sums ``{dim: (lin, s, q)}``: own embedding plus the owned features.
 
@@ -83,21 +115,13 @@ def entity_components(params: dict[str, jnp.ndarray], terms: dict[str, Any], str
     weight and factor with those of the features it owns (demographics, genres, implicit
     sets). Row-level terms are not included.
     """
+    owned = _owned_parts(params, terms, structure)
     ent = {}
     for d, _ in structure.entities:
-        v = params[f"v_{d}"]
-        ent[d] = (params[f"w_{d}"], v, jnp.sum(v * v, -1))
-    for t in structure.terms:
-        if t.carrier == ROW:
-            continue
-        lin_t, g, q_t, unit = _term_parts(params, terms[t.dim], t.dim)
-        lin, s, q = ent[t.carrier]
-        n = lin.shape[0]
-        ent[t.carrier] = (
-            lin + _segment(lin_t, unit, n),
-            s + _segment(g, unit, n),
-            q + _segment(q_t, unit, n),
-        )
+        w, v = params[f"w_{d}"], params[f"v_{d}"]
+        ent[d] = (w, v, jnp.sum(v * v, -1))
+        if d in owned:
+            ent[d] = tuple(a + b for a, b in zip(ent[d], owned[d], strict=True))
     return ent
 
 
@@ -237,6 +261,7 @@ def initial_values(spec: ModelSpec, key: jax.Array) -> dict[str, jnp.ndarray]:
     if spec.task == "regression":
         values["noise_precision"] = jnp.ones(())
     keys = jax.random.split(key, len(spec.structure.groups))
+    owners = entity_owners(spec.structure)
     for g, k in zip(spec.structure.groups, keys, strict=True):
         n, r = spec.structure.n_levels(g), spec.rank
         values[f"w_lambda_{g}"] = jnp.full((), 10.0)
@@ -247,6 +272,10 @@ def initial_values(spec: ModelSpec, key: jax.Array) -> dict[str, jnp.ndarray]:
         if spec.prior.parametrization == "noncentered":
             values[f"w_{g}_z"] = jnp.zeros((n,))
             values[f"v_{g}_z"] = v * jnp.sqrt(10.0)
+        elif spec.prior.parametrization == "entity" and g in owners:
+            # a start for the totals: any value is a valid state
+            values[f"w_{g}_tot"] = jnp.zeros((n,))
+            values[f"v_{g}_tot"] = v
         else:
             values[f"w_{g}"] = jnp.zeros((n,))
             values[f"v_{g}"] = v
@@ -296,9 +325,23 @@ def fm_model(data: dict[str, Any], offset: jnp.ndarray, y: jnp.ndarray | None, *
         Static model description.
     """
     params = sample_globals(spec)
-    for group in spec.structure.groups:
-        w, v = sample_group(group, spec.structure.n_levels(group), spec.rank, spec.prior)
+    structure = spec.structure
+
+    def sample(group: str, owned=None) -> None:
+        n = structure.n_levels(group)
+        w, v = sample_group(group, n, spec.rank, spec.prior, owned)
         params[f"w_{group}"], params[f"v_{group}"] = w, v
+
+    if spec.prior.parametrization == "entity":
+        # the owned features first, so that each owner is sampled as its total
+        for t in structure.terms:
+            sample(t.dim)
+        owned = owned_sums(params, data["terms"], structure)
+        for d, _ in structure.entities:
+            sample(d, owned.get(d))
+    else:
+        for group in structure.groups:
+            sample(group)
     eta = offset + predictor(spec)(params, data, spec.structure)
     n = eta.shape[0]
     # rows padded for an even split over devices carry row_mask = 0

@@ -58,10 +58,9 @@ def site_dims(spec: ModelSpec) -> dict[str, list[str]]:
     """Dimension names of every parameter site, named after the plates."""
     dims: dict[str, list[str]] = {"cutpoints": ["cutpoint"]}
     for g in spec.structure.groups:
-        dims[f"w_{g}"] = [g]
-        dims[f"w_{g}_z"] = [g]
-        dims[f"v_{g}"] = [g, "factor"]
-        dims[f"v_{g}_z"] = [g, "factor"]
+        for suffix in ("", "_z", "_tot"):
+            dims[f"w_{g}{suffix}"] = [g]
+            dims[f"v_{g}{suffix}"] = [g, "factor"]
         dims[f"v_mu_{g}"] = ["factor"]
         dims[f"v_lambda_{g}"] = ["factor"]
     return dims
@@ -69,7 +68,8 @@ def site_dims(spec: ModelSpec) -> dict[str, list[str]]:
 
 def factor_sites(spec: ModelSpec) -> list[str]:
     """Names of the latent-factor tables (large, and identified only up to rotation)."""
-    return [f"{p}_{g}{z}" for g in spec.structure.groups for p in ("v",) for z in ("", "_z")]
+    suffixes = ("", "_z", "_tot")
+    return [f"v_{g}{z}" for g in spec.structure.groups for z in suffixes]
 
 
 def coord_values(levels: np.ndarray) -> np.ndarray:

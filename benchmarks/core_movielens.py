@@ -44,6 +44,13 @@ def _args():
     )
     p.add_argument("--max-tree-depth", type=int, default=8)
     p.add_argument(
+        "--parametrization",
+        choices=("centered", "noncentered", "entity"),
+        default="entity",
+        help="NUTS parametrization; rows of one other than 'centered' (the only one before "
+        "'entity' became the default) are keyed by its name",
+    )
+    p.add_argument(
         "--year",
         action="store_true",
         help="FM rows also get the release year (per item), keyed '/year'",
@@ -83,6 +90,7 @@ def main() -> None:
                 num_samples=args.samples,
                 num_chains=args.chains,
                 max_tree_depth=args.max_tree_depth,
+                parametrization=args.parametrization,
                 init_svi_steps=200 if args.quick else 1500,
             )
         else:
@@ -131,6 +139,7 @@ def main() -> None:
                 "part": part,
                 "year": with_year,
                 "guide": args.svi_guide if part.endswith("svi") else None,
+                "parametrization": args.parametrization if part.endswith("nuts") else None,
                 "split": split,
                 "n_train": len(train),
                 "rmse": float(np.sqrt(np.mean((iv90["mean"] - y) ** 2))),
@@ -169,9 +178,11 @@ def main() -> None:
                     chain_method=t.get("chain_method"),
                 )
             lowrank = part.endswith("svi") and args.svi_guide == "lowrank"
+            reparam = part.endswith("nuts") and args.parametrization != "centered"
             suffixes = [
                 "year" if with_year else "",
                 "lowrank" if lowrank else "",
+                args.parametrization if reparam else "",
                 args.tag,
                 "quick" if args.quick else "",
             ]
@@ -200,6 +211,8 @@ def write_doc(results: dict, doc: Path) -> None:
     for r in rows.values():
         r["label"] = r["part"] + (" + year" if r.get("year") else "")
         r["label"] += " (low-rank guide)" if r.get("guide") == "lowrank" else ""
+        if r.get("parametrization") not in (None, "centered"):
+            r["label"] += f" ({r['parametrization']} param.)"
     # rows from other machines (a GPU) name their own jax
     versions = "".join(
         sorted({f"; rows on {r['device']}: jax {r['jax']}" for r in rows.values() if "jax" in r})
@@ -255,6 +268,11 @@ def write_doc(results: dict, doc: Path) -> None:
             "iteration hit it, the mark of a posterior with long, narrow directions that a "
             "diagonal mass matrix does not fit (see `bayesfm.ridge` for the flat directions of "
             "the FM likelihood, which the Gibbs sampler crosses with exact moves).",
+            "",
+            "'entity param.': `NUTSConfig(parametrization='entity')`, the default since "
+            "2026-11-27, which samples each user and item that owns features as its total "
+            "(see `bayesfm.priors`); unmarked NUTS rows are centred. For MF the two are the "
+            "same model.",
         ]
     folds = {}
     for r in rows.values():

@@ -201,3 +201,34 @@ def test_config_validation():
         bfm.SVIConfig(guide="flow")
     with pytest.raises(ValueError, match="parametrization: got 'x'"):
         bfm.PriorConfig(parametrization="x")
+    with pytest.raises(ValueError, match=r"parametrization: got 'x'; allowed \['centered'"):
+        bfm.NUTSConfig(parametrization="x")
+
+
+def test_entity_parametrization_with_svi_hands_back_the_entity_weights(synthetic_split):
+    """SVI draws the totals; the estimator subtracts the owned features draw by draw."""
+    from tests.conftest import SIDE_SPEC
+
+    data, train, _ = synthetic_split
+    X, y = data.X[train], data.y[train]
+    model = bfm.BayesianFM(
+        rank=2,
+        features=bfm.FeatureSpec(SIDE_SPEC),
+        prior=bfm.PriorConfig(parametrization="entity"),
+        inference=FAST_SVI,
+    ).fit(X, y)
+    post = model.idata_.posterior
+    assert post["v_user_tot"].dims == ("chain", "draw", "user", "factor")
+    assert np.isfinite(model.predict(X)).all()
+    # the total of one user: its own weight, its occupation's and its standardized age's
+    row = X.iloc[0]
+    occ = list(post["w_occupation"].coords["occupation"].values).index(row["occupation"])
+    age = (row["age"] - X["age"].mean()) / X["age"].std(ddof=0)
+    user = list(post["w_user"].coords["user"].values).index(row["user_id"])
+    total = post["w_user"][..., user] + post["w_occupation"][..., occ] + age * post["w_age"][..., 0]
+    np.testing.assert_allclose(total, post["w_user_tot"][..., user], atol=1e-4)
+    # minibatch SVI has no path for the totals: refused before anything runs
+    minibatch = bfm.SVIConfig(num_steps=10, batch_size=100, progress_bar=False)
+    with pytest.raises(ValueError, match="prior.parametrization: got 'entity' with minibatch"):
+        model.set_params(inference=minibatch).fit(X, y)
+    assert model.idata_.posterior is post  # the fitted state is untouched

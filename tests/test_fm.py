@@ -13,7 +13,14 @@ from numpyro.infer.util import log_density
 
 import bayesfm as bfm
 from bayesfm.data import FittedEncoder
-from bayesfm.fm import ModelSpec, fm_model, fm_predictor, initial_values, mf_predictor
+from bayesfm.fm import (
+    ModelSpec,
+    fm_model,
+    fm_predictor,
+    initial_values,
+    mf_predictor,
+    owned_sums,
+)
 from bayesfm.inference import to_jax
 
 
@@ -137,3 +144,66 @@ def test_noncentered_sites_map_to_the_centered_parameters(toy):
     expected_w = values["w_mu_item"] + values["w_item_z"] / jnp.sqrt(values["w_lambda_item"])
     np.testing.assert_allclose(trace["w_item"]["value"], expected_w, rtol=1e-6)
     assert "v_user" not in {k for k, v in trace.items() if v["type"] == "sample"}
+
+
+def _owned_frame():
+    """Six rows with user- and item-owned features, a row-level numeric and an implicit set."""
+    return pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "c", "c", "b"],
+            "item_id": [1, 2, 2, 3, 1, 3],
+            "age": [30.0, 30.0, 50.0, 20.0, 20.0, 50.0],
+            "occupation": ["x", "x", "y", "x", "x", "y"],
+            "genres": ["x|y", "z", "z", "x", "x|y", "x"],
+            "hour": [0.5, -1.0, 2.0, 0.0, 1.0, 0.3],
+        }
+    )
+
+
+_OWNED_SPEC = [
+    bfm.Categorical("user_id"),
+    bfm.Categorical("item_id"),
+    bfm.Numeric("age", owner="user_id"),
+    bfm.Categorical("occupation", owner="user_id"),
+    bfm.MultiHot("genres", owner="item_id"),
+    bfm.Numeric("hour"),
+    bfm.Implicit(owner="user_id", members="item_id"),
+]
+
+
+def test_entity_parametrization_is_the_centered_model_shifted():
+    """``t_e = w_e + o_e`` has unit Jacobian: at the same FM parameters the entity-total model
+    has the centred model's log density, and it hands back the same ``w_e`` and ``v_e``."""
+    X = _owned_frame()
+    enc = FittedEncoder.fit(bfm.FeatureSpec(_OWNED_SPEC), X)
+    centred = ModelSpec(enc.structure, rank=3)
+    by_entity = replace(centred, prior=bfm.PriorConfig(parametrization="entity"))
+    data = to_jax(enc.transform(X).arrays())
+    args = (data, jnp.float32(3.0), jnp.asarray(np.arange(6) % 5 + 1.0, jnp.float32))
+    values = _random_params(centred, 7)
+    owned = owned_sums(values, data["terms"], centred.structure)
+    assert set(owned) == {"user", "item"}  # "hour" belongs to the rows
+    shifted = dict(values)
+    for d, (lin, s) in owned.items():
+        assert np.abs(np.asarray(s)).max() > 0.1  # the shift is not trivially zero
+        shifted[f"w_{d}_tot"] = shifted.pop(f"w_{d}") + lin
+        shifted[f"v_{d}_tot"] = shifted.pop(f"v_{d}") + s
+    lp_c, _ = log_density(partial(fm_model, spec=centred), args, {}, values)
+    lp_e, trace = log_density(partial(fm_model, spec=by_entity), args, {}, shifted)
+    np.testing.assert_allclose(lp_e, lp_c, rtol=1e-5)
+    for d in owned:
+        assert trace[f"v_{d}"]["type"] == "deterministic"
+        np.testing.assert_allclose(trace[f"v_{d}"]["value"], values[f"v_{d}"], atol=1e-5)
+        np.testing.assert_allclose(trace[f"w_{d}"]["value"], values[f"w_{d}"], atol=1e-5)
+    # the owned features' weights enter the totals' prior: moving them changes the density
+    moved = {**shifted, "w_occupation": shifted["w_occupation"] + 0.5}
+    lp_moved, _ = log_density(partial(fm_model, spec=by_entity), args, {}, moved)
+    assert abs(float(lp_moved - lp_e)) > 1e-3
+
+
+def test_entity_parametrization_starts_from_totals():
+    enc = FittedEncoder.fit(bfm.FeatureSpec(_OWNED_SPEC), _owned_frame())
+    spec = ModelSpec(enc.structure, rank=2, prior=bfm.PriorConfig(parametrization="entity"))
+    values = initial_values(spec, jax.random.PRNGKey(0))
+    assert {"w_user_tot", "v_item_tot", "w_genres", "v_occupation"} <= set(values)
+    assert "v_user" not in values
