@@ -1179,7 +1179,9 @@ def _owned_draws(spec: ModelSpec, draws: dict[str, Any], data: dict[str, Any]) -
     params = {f"{p}_{d}": jnp.asarray(draws[f"{p}_{d}"]) for d in owned_terms for p in "wv"}
     terms = {d: data["terms"][d] for d in owned_terms}
     result = jax.lax.map(
-        lambda p: owned_sums(p, terms, structure), params, batch_size=_OWNED_DRAW_BATCH
+        lambda p: {d: parts[:2] for d, parts in owned_sums(p, terms, structure).items()},
+        params,
+        batch_size=_OWNED_DRAW_BATCH,
     )
     return {d: (np.asarray(lin), np.asarray(s)) for d, (lin, s) in result.items()}
 
@@ -1218,7 +1220,7 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
     if nuts_spec.prior.parametrization == "entity":
         data = args[0]
         owned = jax.vmap(lambda p: owned_sums(p, data["terms"], spec.structure))(z)
-        for d, (lin, s) in owned.items():
+        for d, (lin, s, _) in owned.items():
             for p, shift in (("w", lin), ("v", s)):
                 z[f"{p}_{d}_tot"] = z.pop(f"{p}_{d}") + shift
                 var[f"{p}_{d}_tot"] = var.pop(f"{p}_{d}")  # the totals' spread, roughly

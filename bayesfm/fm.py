@@ -78,9 +78,12 @@ def _segment(x: jnp.ndarray, unit: jnp.ndarray, n: int) -> jnp.ndarray:
     return jax.ops.segment_sum(x, unit, num_segments=n, indices_are_sorted=True)
 
 
-def _owned_parts(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
-    """Per-entity sums of the owned features only: ``{dim: (lin, s, q)}``, entities that own
-    nothing left out. Sized by the entity's table in ``params`` (or its training size)."""
+def owned_sums(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
+    """``{dim: (lin, s, q)}``: per level of each entity that owns features, the sums of its
+    owned features' linear weights (levels,), factors (levels, rank) and squared factor norms
+    (levels,); entities that own nothing are left out. Its own weight and factor are not
+    included; the ``"entity"`` parametrization samples the totals (see :mod:`bayesfm.priors`).
+    Sized by the entity's table in ``params`` (or its training size)."""
     out: dict[str, tuple] = {}
     for t in structure.terms:
         if t.carrier == ROW:
@@ -100,22 +103,20 @@ def entity_owners(structure: Structure) -> set[str]:
     return {t.carrier for t in structure.terms if t.carrier != ROW}
 
 
-def owned_sums(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
-    """``{dim: (lin, s)}``: per level of each entity that owns features, the sum of its owned
-    features' linear weights (levels,) and factors (levels, rank). Its own weight and factor
-    are not included; the ``"entity"`` parametrization samples the totals (see
-    :mod:`bayesfm.priors`)."""
-    return {d: (lin, s) for d, (lin, s, _) in _owned_parts(params, terms, structure).items()}
-
-
-def entity_components(params: dict[str, jnp.ndarray], terms: dict[str, Any], structure: Structure):
+def entity_components(
+    params: dict[str, jnp.ndarray],
+    terms: dict[str, Any],
+    structure: Structure,
+    owned: dict[str, tuple] | None = None,
+):
     """Per-entity sums ``{dim: (lin, s, q)}``: own embedding plus the owned features.
 
     ``lin`` (levels,), ``s`` (levels, rank) and ``q`` (levels,) aggregate the entity's own
     weight and factor with those of the features it owns (demographics, genres, implicit
-    sets). Row-level terms are not included.
+    sets). Row-level terms are not included. ``owned``: the output of :func:`owned_sums`
+    when the caller already has it.
     """
-    owned = _owned_parts(params, terms, structure)
+    owned = owned_sums(params, terms, structure) if owned is None else owned
     ent = {}
     for d, _ in structure.entities:
         w, v = params[f"w_{d}"], params[f"v_{d}"]
@@ -163,13 +164,19 @@ def fm_components(
     return lin, s, q
 
 
-def fm_predictor(params: dict[str, jnp.ndarray], data: dict[str, Any], structure: Structure):
+def fm_predictor(
+    params: dict[str, jnp.ndarray],
+    data: dict[str, Any],
+    structure: Structure,
+    entities: dict | None = None,
+):
     """Latent FM mean per row (without the global offset).
 
     ``params`` holds ``w0``, ``w_{g}`` and ``v_{g}`` for every group; tables may be longer
-    than the training sizes (prediction appends slots for unseen levels).
+    than the training sizes (prediction appends slots for unseen levels). ``entities``: as
+    in :func:`fm_components`.
     """
-    lin, s, q = fm_components(params, data, structure)
+    lin, s, q = fm_components(params, data, structure, entities)
     return params["w0"] + lin + 0.5 * (jnp.sum(s * s, -1) - q)
 
 
@@ -338,11 +345,16 @@ def fm_model(data: dict[str, Any], offset: jnp.ndarray, y: jnp.ndarray | None, *
             sample(t.dim)
         owned = owned_sums(params, data["terms"], structure)
         for d, _ in structure.entities:
-            sample(d, owned.get(d))
+            sample(d, owned[d][:2] if d in owned else None)
     else:
         for group in structure.groups:
             sample(group)
-    eta = offset + predictor(spec)(params, data, spec.structure)
+    if spec.prior.parametrization == "entity" and not spec.use_mf_path:
+        # reuse the owned sums rather than aggregating the owned features a second time
+        ent = entity_components(params, data["terms"], structure, owned)
+        eta = offset + fm_predictor(params, data, structure, ent)
+    else:
+        eta = offset + predictor(spec)(params, data, structure)
     n = eta.shape[0]
     # rows padded for an even split over devices carry row_mask = 0
     keep = data["row_mask"] > 0 if "row_mask" in data else True

@@ -6,13 +6,15 @@ import re
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import monitoring
 
 import bayesfm as bfm
+from bayesfm import compile_cache
 from bayesfm.cli import main
-from bayesfm.compile_cache import default_cache_dir
+from bayesfm.compile_cache import default_cache_dir, shared_within_block
 from bayesfm.datasets import make_toy_mf
 
 
@@ -100,3 +102,26 @@ def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "xdg" / "bayesfm" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "bayesfm" / "jax"
+
+
+def test_a_program_repeated_inside_the_block_is_compiled_once(cache_hits, monkeypatch):
+    """numpyro builds each sequential chain's sampling loop as a new closure: inside
+    ``shared_within_block`` the repeat is loaded from a temporary cache, and afterwards the
+    user's settings (here: no cache) are back."""
+    _, hits = cache_hits
+    bfm.disable_compilation_cache()  # a user without a cache of their own
+    monkeypatch.setattr(compile_cache, "_SHARED_MIN_COMPILE_S", 0.0)  # a small program here
+
+    def run_loop(x):  # a new closure per call, as numpyro's per-chain loop
+        return jax.jit(lambda v: jax.lax.fori_loop(0, 3, lambda i, u: jnp.sin(u) + i, v))(x)
+
+    x = jnp.linspace(0.0, 1.0, 5)
+    run_loop(x)  # outside the block: compiled, nothing stored
+    with shared_within_block():
+        first, second = run_loop(x), run_loop(x)
+    assert len(hits) == 1
+    np.testing.assert_array_equal(first, second)
+    assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+    run_loop(x)  # after the block: compiled again, nothing loaded
+    assert len(hits) == 1

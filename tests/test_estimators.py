@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import arviz as az
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -232,3 +234,21 @@ def test_entity_parametrization_with_svi_hands_back_the_entity_weights(synthetic
     with pytest.raises(ValueError, match="prior.parametrization: got 'entity' with minibatch"):
         model.set_params(inference=minibatch).fit(X, y)
     assert model.idata_.posterior is post  # the fitted state is untouched
+
+
+def test_nuts_refuses_a_start_where_the_log_density_is_not_finite():
+    """numpyro's own check of the starting point is skipped under jit; bayesfm's replaces it."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from bayesfm.inference import run_nuts
+
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("wall", -jnp.inf)
+
+    cfg = bfm.NUTSConfig(
+        num_warmup=2, num_samples=2, num_chains=1, init_svi_steps=0, progress_bar=False
+    )
+    with pytest.raises(RuntimeError, match="log density at the initial values is not finite"):
+        run_nuts(model, (), cfg, jax.random.PRNGKey(0), dict, {"x": jnp.array(0.0)})

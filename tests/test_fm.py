@@ -184,7 +184,7 @@ def test_entity_parametrization_is_the_centered_model_shifted():
     owned = owned_sums(values, data["terms"], centred.structure)
     assert set(owned) == {"user", "item"}  # "hour" belongs to the rows
     shifted = dict(values)
-    for d, (lin, s) in owned.items():
+    for d, (lin, s, _) in owned.items():
         assert np.abs(np.asarray(s)).max() > 0.1  # the shift is not trivially zero
         shifted[f"w_{d}_tot"] = shifted.pop(f"w_{d}") + lin
         shifted[f"v_{d}_tot"] = shifted.pop(f"v_{d}") + s
