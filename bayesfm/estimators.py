@@ -1198,13 +1198,18 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
     k_fit, k_val = jax.random.split(k_fit)
     values = initial_values(centred, k_val)
     _, params, _, timings = fit_svi(partial(fm_model, spec=centred), args, svi_cfg, k_fit, values)
+    # one compiled program: run op by op, these few lines compiled for about 10 s
+    starts = jax.jit(partial(_chain_starts, spec=spec, nuts_spec=nuts_spec, cfg=cfg))
+    z, inv_mass = starts(params, k_draw, args[0])
+    return z, inv_mass, timings
+
+
+def _chain_starts(params: dict, key: jax.Array, data: dict, *, spec, nuts_spec, cfg) -> tuple:
+    """``(starts, inverse mass)`` of :func:`_svi_init` from the fitted guide's parameters."""
     loc = {k[: -len("_auto_loc")]: v for k, v in params.items() if k.endswith("_auto_loc")}
     scale = {k[: -len("_auto_scale")]: v for k, v in params.items() if k.endswith("_auto_scale")}
-    eps = jax.tree.map(
-        lambda x, k: jax.random.normal(k, (cfg.num_chains, *x.shape)),
-        loc,
-        dict(zip(loc, jax.random.split(k_draw, len(loc)), strict=True)),
-    )
+    flat, unravel = ravel_pytree(loc)
+    eps = jax.vmap(unravel)(jax.random.normal(key, (cfg.num_chains, flat.shape[0])))
     z = {k: loc[k] + scale[k] * eps[k] for k in loc}  # unconstrained draws, one per chain
     var = {k: scale[k] ** 2 for k in loc}
     if nuts_spec.prior.parametrization == "noncentered":
@@ -1218,7 +1223,6 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
                 lam0 = jnp.exp(loc[f"{p}_lambda_{g}"])
                 var[f"{p}_{g}_z"] = var.pop(f"{p}_{g}") * (lam0 if p == "w" else lam0[None, :])
     if nuts_spec.prior.parametrization == "entity":
-        data = args[0]
         owned = jax.vmap(lambda p: owned_sums(p, data["terms"], spec.structure))(z)
         for d, (lin, s, _) in owned.items():
             for p, shift in (("w", lin), ("v", s)):
@@ -1227,4 +1231,4 @@ def _svi_init(key, *, spec: ModelSpec, nuts_spec: ModelSpec, args: tuple, cfg: N
     inv_mass, _ = ravel_pytree({k: jnp.clip(v, 1e-6, 1e2) for k, v in var.items()})
     if cfg.num_chains == 1:  # numpyro expects no chain axis for a single chain
         z = {k: v[0] for k, v in z.items()}
-    return z, inv_mass, timings
+    return z, inv_mass

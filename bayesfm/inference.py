@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 from jax import monitoring
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, TraceMeanField_ELBO
@@ -326,13 +327,51 @@ def compile_timer() -> Iterator[dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------ SVI
+class _FlatNoiseAutoNormal(AutoNormal):
+    """``AutoNormal`` whose reparametrization noise for all sites is one flat draw.
+
+    The same guide, parameters and ELBO; only the noise is drawn differently. numpyro's
+    ``AutoNormal`` splits a key and draws a normal per site, and each of those is a threefry
+    hash that XLA compiles separately: one SVI step of the ordinal MovieLens FM card (about
+    50 sites) compiled in 28 s that way and in 16 s with one draw.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        key = numpyro.prng_key()
+        if key is None:  # not seeded: numpyro's own path draws (or fails) as usual
+            return super().__call__(*args, **kwargs)
+        # shapes only: the prototype's values may be tracers of an earlier jit
+        shapes = {k: jnp.shape(v) for k, v in self._init_locs.items()}
+        sizes = [int(np.prod(shape)) for shape in shapes.values()]
+        flat = jax.random.normal(key, (sum(sizes),))
+        pieces = jnp.split(flat, np.cumsum(sizes)[:-1])
+        eps = {k: p.reshape(shape) for (k, shape), p in zip(shapes.items(), pieces, strict=True)}
+
+        def reparametrized(msg: dict) -> jnp.ndarray | None:
+            if msg["type"] != "sample" or msg["name"] not in eps:
+                return None
+            fn = msg["fn"]  # Normal(loc, scale), maybe Independent, maybe transformed
+            base = fn.base_dist if isinstance(fn, dist.TransformedDistribution) else fn
+            normal = base.base_dist if isinstance(base, dist.Independent) else base
+            value = normal.loc + normal.scale * eps[msg["name"]]
+            if isinstance(fn, dist.TransformedDistribution):
+                for transform in fn.transforms:
+                    value = transform(value)
+            return value
+
+        with numpyro.handlers.substitute(substitute_fn=reparametrized):
+            return super().__call__(*args, **kwargs)
+
+
 def _make_guide(model: Callable, cfg: SVIConfig, init_values: dict):
     init = init_to_value(values=init_values)
     if cfg.guide == "lowrank":
         return AutoLowRankMultivariateNormal(
             model, rank=cfg.guide_rank, init_loc_fn=init, init_scale=0.05
         )
-    return AutoNormal(model, init_loc_fn=init, init_scale=0.05)
+    return _FlatNoiseAutoNormal(model, init_loc_fn=init, init_scale=0.05)
 
 
 def build_svi(model: Callable, cfg: SVIConfig, init_values: dict) -> tuple[Any, SVI]:

@@ -211,7 +211,8 @@ def write_doc(results: dict, doc: Path) -> None:
     for r in rows.values():
         r["label"] = r["part"] + (" + year" if r.get("year") else "")
         r["label"] += " (low-rank guide)" if r.get("guide") == "lowrank" else ""
-        if r.get("parametrization") not in (None, "centered"):
+        # MF has no owned features: its entity and centred models are the same
+        if r.get("parametrization") not in (None, "centered") and r["part"].startswith("fm"):
             r["label"] += f" ({r['parametrization']} param.)"
     # rows from other machines (a GPU) name their own jax
     versions = "".join(

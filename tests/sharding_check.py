@@ -17,7 +17,7 @@ import bayesfm as bfm
 from bayesfm import sharding
 from bayesfm.data import FittedEncoder
 from bayesfm.fm import ModelSpec, fm_model, initial_values
-from bayesfm.gibbs import entity_systems, gibbs_plan, gibbs_sweep, term_systems
+from bayesfm.gibbs import entity_systems, gibbs_plan, term_systems
 from bayesfm.inference import to_jax
 
 assert jax.device_count() == 2, jax.devices()
@@ -81,10 +81,6 @@ for term in spec.structure.terms:
     p1, b1 = jax.jit(f)(params, *args1)
     p2, b2 = jax.jit(partial(f, mesh=mesh))(params, *args2)
     out[f"term_{term.dim}"] = max(rel(p2, p1), rel(b2, b1))
-key = jax.random.PRNGKey(3)
-s1 = jax.jit(partial(gibbs_sweep, spec=spec))(params, *args1[:1], args1[1], args1[2], key)
-s2 = jax.jit(partial(gibbs_sweep, spec=spec, mesh=mesh))(params, args2[0], args2[1], args2[2], key)
-out["sweep"] = max(rel(s2[k], s1[k]) for k in s1)
 
 
 def fit(devices, inference):
@@ -98,14 +94,15 @@ def fit(devices, inference):
     return model.fit(X, data.y)
 
 
-# SVI fits with data devices are compared in multihost_check.py (rows over two processes)
+# whole sweeps: the Gibbs fits with and without data devices (their SVI fits are compared in
+# multihost_check.py, rows over two processes)
 gibbs = bfm.GibbsConfig(num_warmup=3, num_samples=3, num_chains=2)
 a, b = fit(None, gibbs), fit(2, gibbs)
 out["gibbs_sigma"] = rel(b.draws_.samples["sigma"], a.draws_.samples["sigma"])
 out["gibbs_predict"] = rel(b.predict(X.iloc[:50]), a.predict(X.iloc[:50]))
 # chains spread over the two devices (pmap), rows on one device
 nuts = bfm.NUTSConfig(
-    num_warmup=30, num_samples=20, num_chains=2, chain_method="parallel", init_svi_steps=0
+    num_warmup=10, num_samples=20, num_chains=2, chain_method="parallel", init_svi_steps=0
 )
 model = fit(None, nuts)
 out["parallel_chains"] = [model.timings_["chain_method"], list(model.draws_.samples["sigma"].shape)]

@@ -35,8 +35,8 @@ PREDICT_MEMORY_SCRIPT = textwrap.dedent(
     X = pd.DataFrame({"user_id": rng.integers(0, 50, 2000), "item_id": rng.integers(0, 40, 2000)})
     model = bfm.BayesianMF(rank=2, inference=bfm.SVIConfig(num_steps=30, num_samples=400),
                            progress_bar=False).fit(X, rng.normal(3.5, 1.0, len(X)))
-    big = pd.DataFrame({"user_id": rng.integers(0, 50, 1_000_000),
-                        "item_id": rng.integers(0, 40, 1_000_000)})
+    big = pd.DataFrame({"user_id": rng.integers(0, 50, 500_000),
+                        "item_id": rng.integers(0, 40, 500_000)})
     model.predict_interval(big.iloc[:5000])  # compile
     before = peak_mib()
     out = model.predict_interval(big, 0.9)
@@ -49,6 +49,7 @@ PREDICT_MEMORY_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_prediction_memory_does_not_grow_with_rows_times_draws():
-    """1M rows x 400 draws is 1.6 GB as one float32 array; chunked summaries need far less."""
+    """500k rows x 400 draws is 800 MB as one float32 array; chunked summaries need far less
+    (91 MiB measured with 1M rows)."""
     growth_mib = peak_growth_mib(PREDICT_MEMORY_SCRIPT)
-    assert growth_mib < 600, f"peak memory grew by {growth_mib:.0f} MiB"
+    assert growth_mib < 300, f"peak memory grew by {growth_mib:.0f} MiB"

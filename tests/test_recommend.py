@@ -259,7 +259,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     import numpy as np, pandas as pd, bayesfm as bfm
 
     rng = np.random.default_rng(0)
-    n_users, n_items, n_obs = 1000, 10000, 20000
+    n_users, n_items, n_obs = 500, 10000, 20000
     X = pd.DataFrame({"user_id": rng.integers(0, n_users, n_obs),
                       "item_id": rng.integers(0, n_items, n_obs)})
     X.loc[:n_users - 1, "user_id"] = np.arange(n_users)
@@ -278,10 +278,11 @@ MEMORY_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_memory_stays_bounded_for_1000_users_by_10000_items():
-    """10M pairs x 100 draws would need 4 GB as one array; the blocked scorer needs far less."""
+def test_memory_stays_bounded_for_500_users_by_10000_items():
+    """5M pairs x 100 draws would need 2 GB as one array; the blocked scorer needs far less
+    (139 MiB measured with 1,000 users)."""
     growth_mib = peak_growth_mib(MEMORY_SCRIPT)
-    assert growth_mib < 1024, f"peak memory grew by {growth_mib:.0f} MiB"
+    assert growth_mib < 512, f"peak memory grew by {growth_mib:.0f} MiB"
 
 
 # -------------------------------------------------------------------- ranking metrics

@@ -45,11 +45,11 @@ def test_rows_are_split_over_both_devices(two_device_results):
         "term_occupation",
         "term_genres",
         "term_hour",
-        "sweep",
     ],
 )
 def test_sharded_statistics_equal_single_device(two_device_results, quantity):
-    """Log density, its gradient, every Gibbs system (P, b) and one whole sweep."""
+    """Log density, its gradient and every Gibbs system (P, b); whole sweeps are compared
+    through the fits below."""
     assert two_device_results[quantity] < 1e-5, two_device_results[quantity]
 
 
