@@ -127,8 +127,12 @@ def _row_log_lik(x, eta, y, weight):
     return jnp.where(jnp.asarray(weight) > 0, loglik, 0.0)
 
 
-def _slice_coordinate(key, x, i, log_target):
-    """One slice-sampling update of ``x[i]`` (stepping out, then shrinkage; Neal, 2003)."""
+def slice_coordinate(key, x, i, log_target, width: float = _SLICE_WIDTH):
+    """One slice-sampling update of ``x[i]`` (stepping out, then shrinkage; Neal, 2003).
+
+    ``log_target(x)`` is the log density up to a constant; ``width``: the initial bracket,
+    which stepping out widens and shrinkage narrows.
+    """
     k_level, k_place, k_split, k_shrink = jax.random.split(key, 4)
 
     def at(value):
@@ -136,8 +140,8 @@ def _slice_coordinate(key, x, i, log_target):
 
     x0 = x[i]
     level = at(x0) - jax.random.exponential(k_level)
-    left = x0 - _SLICE_WIDTH * jax.random.uniform(k_place)
-    right = left + _SLICE_WIDTH
+    left = x0 - width * jax.random.uniform(k_place)
+    right = left + width
     # at most _STEP_OUT steps in all, split at random between the sides (needed for
     # reversibility when the limit is reached)
     n_left = jnp.floor(_STEP_OUT * jax.random.uniform(k_split)).astype(jnp.int32)
@@ -149,7 +153,7 @@ def _slice_coordinate(key, x, i, log_target):
             return (n < limit) & (at(b) >= level)
 
         def body(carry):
-            return carry[0] + direction * _SLICE_WIDTH, carry[1] + 1
+            return carry[0] + direction * width, carry[1] + 1
 
         return jax.lax.while_loop(cond, body, (bound, jnp.int32(0)))[0]
 
@@ -200,7 +204,7 @@ def update_cutpoints(
             rows = _row_log_lik(x_new, eta, y, weight) - base_rows
             return _log_prior(x_new) - base_prior + jnp.sum(rows)
 
-        return _slice_coordinate(sub, x, i, relative), key
+        return slice_coordinate(sub, x, i, relative), key
 
     x, _ = jax.lax.fori_loop(0, cutpoints.shape[0], coordinate, (transform.inv(cutpoints), key))
     return transform(x)

@@ -27,9 +27,11 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    Metropolis chain on ``log c_f`` crosses it in one sweep (see :func:`scale_exchange`).
 
 For the binary (probit) and ordinal tasks each sweep starts with an Albert–Chib step (see
-:mod:`bayesfm.augment`): the cutpoints (ordinal) with the latent utilities integrated out,
-then the utilities from their truncated normals. Given the utilities, the blocks above are
-those of a regression with unit noise precision, and there is no noise step.
+:mod:`bayesfm.augment`): a move of the predictor's scale against the unit noise
+(:mod:`bayesfm.probit_scale`, ``PROBIT_SCALE_MOVE``) and the cutpoints (ordinal), both with
+the latent utilities integrated out, then the utilities from their truncated normals. Given
+the utilities, the blocks above are those of a regression with unit noise precision, and
+there is no noise step.
 
 The kernel exposes the same site names as :func:`bayesfm.fm.fm_model` (centred), so MCMC,
 ArviZ and all downstream code treat its draws like NUTS draws.
@@ -58,6 +60,7 @@ from .augment import (
 from .data import ROW, Structure, _bucket
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import draw_gaussian, gaussian_from_normals
+from .probit_scale import probit_scale_move
 from .ridge import bias_shift, factor_shift, owned_shift, ridge_plan
 from .rotation import rotate_factors, rotation_normal_count
 from .sharding import DATA_AXIS
@@ -85,6 +88,9 @@ __all__ = [
 ENTITY_RELAX = -0.8
 # turn the factor dimensions jointly, collapsed over their precisions (bayesfm.rotation)
 FACTOR_ROTATION = True
+# probit tasks: move the scale of every weight, factor and cutpoint against the unit noise
+# (bayesfm.probit_scale); without it that scale drifts for hundreds of sweeps
+PROBIT_SCALE_MOVE = True
 # Metropolis steps of the scale exchange per sweep (each O(rank) once sums are formed)
 _SCALE_STEPS = 8
 # a term's levels are split into one more block width only if that saves this many padded
@@ -843,15 +849,29 @@ def _cutpoint_shift(params, spec: ModelSpec, dim: str, normal: jnp.ndarray) -> d
 
 
 def _augment(params, data, offset, labels, spec: ModelSpec, key_cut, key_util):
-    """Albert–Chib step of the probit tasks (see :mod:`bayesfm.augment`): the cutpoints
-    with the utilities integrated out (ordinal), then the utilities given everything.
+    """Albert–Chib step of the probit tasks (see :mod:`bayesfm.augment`): the scale move
+    (:mod:`bayesfm.probit_scale`) and the cutpoints (ordinal), both with the utilities
+    integrated out, then the utilities given everything.
     Returns the parameters and the utilities, which take the place of ``y`` for the rest of
     the sweep."""
     params = dict(params)
     eta = -_residual(params, data, offset, jnp.float32(0.0), spec.structure)[0]
+    weight = data.get("row_mask", 1.0)
+    if PROBIT_SCALE_MOVE:
+        key_cut, key_scale = jax.random.split(key_cut)
+        params, eta = probit_scale_move(
+            key_scale,
+            params,
+            spec.structure.groups,
+            eta,
+            offset,
+            labels,
+            weight,
+            spec.task,
+            spec.prior,
+        )
     cutpoints = None
     if spec.task == "ordinal":
-        weight = data.get("row_mask", 1.0)
         cutpoints = update_cutpoints(key_cut, params["cutpoints"], eta, labels, weight)
         params["cutpoints"] = cutpoints
     lower, upper = utility_bounds(labels, spec.task, cutpoints)
