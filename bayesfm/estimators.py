@@ -391,7 +391,6 @@ class BayesianFM:
         self._check_pointwise_size(cfg, len(X))
         n_dev = self._check_devices(cfg)
         key = jax.random.PRNGKey(self.random_state)
-        init_values = initial_values(spec, jax.random.fold_in(key, 1))
         if isinstance(cfg, SVIConfig) and cfg.minibatch:
             # rows stay on the host; only batches and entity-owned features reach the device
             owned = {t.dim for t in spec.structure.terms if t.carrier != ROW}
@@ -404,13 +403,11 @@ class BayesianFM:
                 cfg,
                 key,
                 partial(complete_samples, spec, unconstrained=True),
-                init_values,
+                initial_values(spec, jax.random.fold_in(key, 1)),
                 seed=self.random_state,
             )
         else:
-            draws = self._run_full_batch(
-                spec, encoded, offset, y_model, cfg, key, init_values, n_dev
-            )
+            draws = self._run_full_batch(spec, encoded, offset, y_model, cfg, key, n_dev)
         # fill a copy, so that a failure below leaves a previously fitted state intact
         fitted = copy.copy(self)
         fitted.__dict__.pop("_seen_cache", None)
@@ -432,7 +429,7 @@ class BayesianFM:
             warn_if_failed(diagnostics, draws.method)
         return self
 
-    def _run_full_batch(self, spec, encoded, offset, y_model, cfg, key, init_values, n_dev):
+    def _run_full_batch(self, spec, encoded, offset, y_model, cfg, key, n_dev):
         """NUTS, Gibbs or full-batch SVI on the whole encoded table (held on the device(s))."""
         arrays, mesh = encoded.arrays(), None
         if n_dev > 1:
@@ -451,6 +448,7 @@ class BayesianFM:
             cfg = replace(cfg, chain_method="sequential" if cpu else "vectorized")
         if isinstance(cfg, SVIConfig):
             post = partial(complete_samples, spec, unconstrained=True, data=data)
+            init_values = initial_values(spec, jax.random.fold_in(key, 1))
             return run_svi(partial(fm_model, spec=spec), args, cfg, key, post, init_values)
         if isinstance(cfg, GibbsConfig):
             return run_gibbs(FMGibbs(spec, mesh), args, cfg, key)

@@ -13,6 +13,7 @@ Matrix factorization is the case of exactly two entities and no other field.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -258,8 +259,14 @@ def initial_values(spec: ModelSpec, key: jax.Array) -> dict[str, jnp.ndarray]:
     """Starting values of every latent site (libFM's: factors ~ N(0, 0.1), precisions 10).
 
     Small random factors keep the optimizer away from the saddle at zero. Computed as arrays
-    so that no op-by-op model execution (slow to compile) is needed to initialize.
+    so that no op-by-op model execution is needed to initialize, and as one compiled
+    program: op by op, the MovieLens MF start compiled some twenty programs in 1.6 s.
     """
+    return _initial_values_program(spec, key)
+
+
+@partial(jax.jit, static_argnums=0)
+def _initial_values_program(spec: ModelSpec, key: jax.Array) -> dict[str, jnp.ndarray]:
     values: dict[str, jnp.ndarray] = {}
     if spec.task == "ordinal":
         values["cutpoints"] = jnp.linspace(-1.5, 1.5, spec.n_classes - 1)

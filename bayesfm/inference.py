@@ -27,6 +27,7 @@ from numpyro.infer.initialization import init_to_value
 
 from .compile_cache import shared_within_block
 from .priors import PARAMETRIZATIONS
+from .sweeps import run_kernel
 
 __all__ = [
     "NUTSConfig",
@@ -233,7 +234,9 @@ class GibbsConfig:
     num_warmup, num_samples, num_chains, thinning : int
         As in :class:`numpyro.infer.MCMC`; a sweep updates every parameter once.
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
-        ``"auto"`` runs the chains vectorized (one program for all chains).
+        ``"auto"`` runs the chains vectorized (one program for all chains); ``"parallel"``
+        runs that program with its chains split over the local devices (as many as divide
+        ``num_chains``; on one device it is ``"vectorized"``).
     progress_bar : bool
         Show a progress bar.
 
@@ -569,37 +572,42 @@ def run_nuts(
 
 # ---------------------------------------------------------------------------------- Gibbs
 def run_gibbs(kernel: Any, args: tuple, cfg: GibbsConfig, rng_key: jax.Array) -> PosteriorDraws:
-    """Run the Gibbs ``kernel`` through :class:`numpyro.infer.MCMC`, several chains.
+    """Run the Gibbs ``kernel`` for ``cfg``'s chains (:func:`bayesfm.sweeps.run_kernel`).
 
-    The data travel as jit arguments (``jit_model_args=True``), not as compiled constants.
+    The draws are those of :class:`numpyro.infer.MCMC` with the same key; the loop is
+    compiled with :data:`bayesfm.sweeps.CPU_COMPILER_OPTIONS` on CPU. The data travel as
+    arguments of the compiled program, not as constants.
     """
     chain_method = "vectorized" if cfg.chain_method == "auto" else cfg.chain_method
     if cfg.num_chains == 1:
         chain_method = "sequential"
-    mcmc = MCMC(
-        kernel,
-        num_warmup=cfg.num_warmup,
-        num_samples=cfg.num_samples * cfg.thinning,
-        num_chains=cfg.num_chains,
-        thinning=cfg.thinning,
-        # vmap the whole single-chain run: the kernel then never sees batched keys or states
-        chain_method=jax.vmap if chain_method == "vectorized" else chain_method,
-        progress_bar=cfg.progress_bar,
-        jit_model_args=True,
-    )
+    devices = 1
+    if chain_method == "parallel":
+        # the vectorized program, its chains split over the devices (as many as divide them)
+        devices = max(d for d in range(1, jax.local_device_count() + 1) if cfg.num_chains % d == 0)
+        chain_method = "parallel" if devices > 1 else "vectorized"
     t0 = time.perf_counter()
     with compile_timer() as ct, warnings.catch_warnings():
-        # MCMC donates its carry; buffers the sweep cannot reuse only cost a copy
+        # the loop donates its carry; buffers it cannot reuse only cost a copy
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        mcmc.run(rng_key, *args)
-        samples = mcmc.get_samples(group_by_chain=True)
-        jax.block_until_ready(samples)
+        samples = run_kernel(
+            kernel,
+            args,
+            rng_key,
+            num_warmup=cfg.num_warmup,
+            num_samples=cfg.num_samples,
+            thinning=cfg.thinning,
+            num_chains=cfg.num_chains,
+            vectorized=chain_method != "sequential",
+            chain_devices=devices,
+            progress_bar=cfg.progress_bar,
+        )
     timings: dict[str, Any] = {
         "gibbs_compile_s": ct["compile_s"],
         "gibbs_total_s": time.perf_counter() - t0,
         "chain_method": chain_method,
     }
-    return PosteriorDraws({k: np.asarray(v) for k, v in samples.items()}, "gibbs", {}, timings)
+    return PosteriorDraws(samples, "gibbs", {}, timings)
 
 
 def config_to_dict(cfg: InferenceConfig) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def main() -> None:
 
     save = row_saver(results, out_path, persist=not args.quick)
     import bayesfm.gibbs
+    import bayesfm.sweeps
 
     for features in args.features:
         for split in args.splits:
@@ -188,6 +189,9 @@ def main() -> None:
                 "warm_compile_s": warm.timings_["gibbs_compile_s"],
                 "entity_relax": bayesfm.gibbs.ENTITY_RELAX,
                 "factor_rotation": bayesfm.gibbs.FACTOR_ROTATION,
+                # the fit's loop: bayesfm.sweeps with these XLA options (rows without the
+                # key ran under numpyro's MCMC with XLA's defaults)
+                "compiler_options": bayesfm.sweeps.default_compiler_options(),
             }
             if not args.no_myfm:
                 import myfm
@@ -358,9 +362,18 @@ def write_doc(results: dict, doc: Path) -> None:
         if rotated
         else "measured before the factor rotations (session 17) joined the sampler"
     )
+    looped = sorted(k for k, r in fits.items() if "compiler_options" in r)
+    loop = (
+        "run by `bayesfm.sweeps` with its CPU XLA options (older loop emitters, LLVM -O1) in "
+        + ", ".join(f"`{k}`" for k in looped)
+        + "; the other rows ran under numpyro's MCMC with XLA's default options"
+        if looped
+        else "run under numpyro's MCMC with XLA's default options"
+    )
     lines += [
         "",
         f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}.",
+        f"Loop: {loop}.",
     ]
     folds: dict[str, dict[str, list[float]]] = {}
     for r in fits.values():

@@ -68,6 +68,26 @@ def toy():
 
 
 @pytest.fixture(scope="session")
+def toy_gibbs_problem(toy):
+    """``(spec, model_args)`` of a rank-2 MF on the toy table, for driving ``FMGibbs``."""
+    import jax.numpy as jnp
+
+    from bayesfm.data import FittedEncoder
+    from bayesfm.fm import ModelSpec
+    from bayesfm.gibbs import gibbs_plan
+    from bayesfm.inference import to_jax
+
+    X, y = toy
+    encoder = FittedEncoder.fit(
+        bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id")]), X
+    )
+    spec = ModelSpec(structure=encoder.structure, rank=2)
+    arrays = encoder.transform(X).arrays()
+    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
+    return spec, (to_jax(arrays), jnp.float32(np.mean(y)), jnp.asarray(y, jnp.float32))
+
+
+@pytest.fixture(scope="session")
 def synthetic_split():
     """Planted FM data with side features, split 80/20 by rows."""
     data = make_synthetic(n_users=60, n_items=40, n_obs=1500, rank=2, noise_sd=0.5, seed=1)

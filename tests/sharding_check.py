@@ -5,6 +5,7 @@ Run by tests/test_sharding.py as ``python tests/sharding_check.py`` with
 """
 
 import json
+from dataclasses import replace
 from functools import partial
 
 import jax
@@ -106,6 +107,13 @@ nuts = bfm.NUTSConfig(
 )
 model = fit(None, nuts)
 out["parallel_chains"] = [model.timings_["chain_method"], list(model.draws_.samples["sigma"].shape)]
+# Gibbs chains split over the two devices: the same draws as the vectorized program
+gibbs_parallel = fit(None, replace(gibbs, chain_method="parallel"))
+out["gibbs_parallel"] = [
+    gibbs_parallel.timings_["chain_method"],
+    list(gibbs_parallel.draws_.samples["sigma"].shape),
+    rel(gibbs_parallel.draws_.samples["sigma"], a.draws_.samples["sigma"]),
+]
 for name, inference in (
     ("minibatch_error", bfm.SVIConfig(num_steps=5, batch_size=16)),
     ("parallel_error", bfm.GibbsConfig(num_chains=2, chain_method="parallel")),

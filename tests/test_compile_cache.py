@@ -50,7 +50,7 @@ def test_a_refit_in_a_new_session_loads_its_programs_and_draws_the_same(cache_hi
 
     first = fit()
     written = sorted(p.name for p in folder.iterdir())
-    assert any("fori_collect" in name for name in written)  # the sampler's loop is stored
+    assert any("run_sweeps" in name for name in written)  # the sampler's loop is stored
     hits_before = len(hits)  # programs traced twice within one fit already hit
     jax.clear_caches()  # what a new process starts from: no program in memory
     second = fit()

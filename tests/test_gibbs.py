@@ -319,21 +319,15 @@ def test_gibbs_rejects_bad_config():
 
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
-def test_kernel_runs_under_plain_numpyro_mcmc_and_arviz(toy):
+def test_kernel_runs_under_plain_numpyro_mcmc_and_arviz(toy, toy_gibbs_problem):
     """FMGibbs is an ordinary MCMCKernel: MCMC, grouped samples and az.from_numpyro work."""
     import arviz as az
     from numpyro.infer import MCMC
 
     from bayesfm.gibbs import FMGibbs
 
-    X, y = toy
-    encoder = FittedEncoder.fit(
-        bfm.FeatureSpec([bfm.Categorical("user_id"), bfm.Categorical("item_id")]), X
-    )
-    spec = ModelSpec(structure=encoder.structure, rank=2)
-    arrays = encoder.transform(X).arrays()
-    arrays["gibbs"] = gibbs_plan(arrays, spec.structure)
-    args = (to_jax(arrays), jnp.float32(np.mean(y)), jnp.asarray(y, jnp.float32))
+    _, y = toy
+    spec, args = toy_gibbs_problem
     mcmc = MCMC(
         FMGibbs(spec),
         num_warmup=20,

@@ -63,6 +63,14 @@ def test_nuts_chains_run_in_parallel_over_the_devices(two_device_results):
     assert two_device_results["parallel_chains"] == ["parallel", [2, 20]]
 
 
+def test_gibbs_chains_run_in_parallel_over_the_devices(two_device_results):
+    """One vectorized program with its chains split over the devices draws what it draws on
+    one device."""
+    method, shape, diff = two_device_results["gibbs_parallel"]
+    assert (method, shape) == ("parallel", [2, 3])
+    assert diff < 1e-4, diff
+
+
 def test_incompatible_settings_are_refused_with_two_devices(two_device_results):
     assert "minibatch SVI runs on one device" in two_device_results["minibatch_error"]
     assert "run the chains 'vectorized' or 'sequential'" in two_device_results["parallel_error"]
