@@ -95,7 +95,7 @@ def run_kernel(
                 f"chain_devices: got {chain_devices}; it must divide the vectorized chains "
                 f"({batch})"
             )
-        mesh = Mesh(np.array(jax.devices()[:chain_devices]), ("chain",))
+        mesh = Mesh(np.array(jax.local_devices()[:chain_devices]), ("chain",))
         keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec("chain")))
     program = jax.jit(
         partial(
