@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 __all__ = ["CPU_COMPILER_OPTIONS", "default_compiler_options", "run_kernel"]
 
 # XLA's older loop emitters, and LLVM at -O1. MovieLens-100K ua, 200 sweeps, rank 10, one
-# chain, 2-core CPU (three runs each): MF compile 12.3-13.2 s -> 6.9-8.1 s, sampling
+# chain, 2-core CPU (MF three runs, FM two): MF compile 12.3-13.2 s -> 6.9-8.1 s, sampling
 # 5.5-6.2 s -> 3.9-4.4 s; FM with side features compile 28-29 s -> 22-25 s, sampling
 # 17-20 s -> 15-16 s. LLVM at -O0 compiled faster still but sampled 3x slower.
 CPU_COMPILER_OPTIONS: dict[str, Any] = {
