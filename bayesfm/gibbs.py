@@ -18,13 +18,17 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    (one scan per width) rather than all to the most frequent level's count.
 3. The global bias and group means, the ridge moves (:mod:`bayesfm.ridge`), a joint turn of
    every factor table with the factor hyperparameters integrated out
-   (:mod:`bayesfm.rotation`, ``FACTOR_ROTATION``), then the Normal–Gamma hyperparameters of
-   every group (drawn jointly from their Normal–Gamma conditional) and the noise precision.
+   (:mod:`bayesfm.rotation`, ``FACTOR_ROTATION``), for MF a scale exchange between the user
+   and item factors, also collapsed (step 4), then the Normal–Gamma hyperparameters of every
+   group (drawn jointly from their Normal–Gamma conditional) and the noise precision.
 4. With exactly two one-hot fields and nothing else (MF), a *scale exchange*: factor ``f`` of
    every user is multiplied by ``c_f`` and of every item divided by it, which leaves every
    prediction unchanged. Plain Gibbs moves along this direction only by a slow random walk
-   (the ratings pin down the product of the two factor scales, not their ratio); a
-   Metropolis chain on ``log c_f`` crosses it in one sweep (see :func:`scale_exchange`).
+   (the ratings pin down the product of the two factor scales, not their ratio). Metropolis
+   steps on ``log c_f`` with the factor hyperparameters integrated out
+   (:mod:`bayesfm.exchange`, ``COLLAPSED_EXCHANGE``) crosses it in one sweep; the older
+   Metropolis chain given the hyperparameters (:func:`scale_exchange`, run after them when
+   ``COLLAPSED_EXCHANGE`` is off) moved only as far as the precisions allowed.
 
 For the binary (probit) and ordinal tasks each sweep starts with an Albert–Chib step (see
 :mod:`bayesfm.augment`): a move of the predictor's scale against the unit noise
@@ -58,6 +62,7 @@ from .augment import (
     utility_bounds,
 )
 from .data import ROW, Structure, _bucket
+from .exchange import exchange_scales
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import draw_gaussian, gaussian_from_normals
 from .probit_scale import probit_scale_move
@@ -88,6 +93,11 @@ __all__ = [
 ENTITY_RELAX = -0.8
 # turn the factor dimensions jointly, collapsed over their precisions (bayesfm.rotation)
 FACTOR_ROTATION = True
+# MF: exchange each dimension's scale between users and items with its precisions integrated
+# out (bayesfm.exchange). On MovieLens-100K ua (4 x (200 + 500) sweeps, seed 1) the user
+# factors' mean norm went from R-hat 1.62 (ESS 7) to 1.005 (ESS 979) against the exchange
+# given the precisions, and the factor precisions' R-hat from up to 1.09 to 1.01
+COLLAPSED_EXCHANGE = True
 # probit tasks: move the scale of every weight, factor and cutpoint against the unit noise
 # (bayesfm.probit_scale); without it that scale drifts for hundreds of sweeps
 PROBIT_SCALE_MOVE = True
@@ -718,6 +728,15 @@ def gibbs_sweep(
             prior.mu0,
         )
         params.update({f"v_{g}": t for g, t in zip(groups, tables, strict=True)})
+    if _has_scale_exchange(structure) and COLLAPSED_EXCHANGE:
+        # also collapsed over the factor hyperparameters
+        (a, _), (b, _) = structure.entities
+        params[f"v_{a}"], params[f"v_{b}"], _ = exchange_scales(
+            params[f"v_{a}"],
+            params[f"v_{b}"],
+            variates.normal((_SCALE_STEPS, 2, spec.rank)),
+            prior,
+        )
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
     n_hyper = hyper_shapes.shape[0]
     hyper = iter(
@@ -733,7 +752,7 @@ def gibbs_sweep(
     for g in structure.groups:
         params[f"w_mu_{g}"], params[f"w_lambda_{g}"] = next(hyper)
         params[f"v_mu_{g}"], params[f"v_lambda_{g}"] = next(hyper)
-    if _has_scale_exchange(structure):
+    if _has_scale_exchange(structure) and not COLLAPSED_EXCHANGE:
         (a, _), (b, _) = structure.entities
         params[f"v_{a}"], params[f"v_{b}"], _ = scale_exchange(
             params[f"v_{a}"],
@@ -798,7 +817,7 @@ def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
     count += len(structure.groups) * width  # the hyperparameter means
     if _rotates(spec):
         count += rotation_normal_count(spec.rank)
-    if _has_scale_exchange(structure):
+    if _has_scale_exchange(structure):  # collapsed or not, the same steps
         count += _SCALE_STEPS * 2 * spec.rank
     if spec.task == "ordinal":
         count += len(structure.entities)
