@@ -209,6 +209,8 @@ def main() -> None:
                 "warm_compile_s": warm.timings_["gibbs_compile_s"],
                 "entity_relax": bayesfm.gibbs.ENTITY_RELAX,
                 "factor_rotation": bayesfm.gibbs.FACTOR_ROTATION,
+                # MF only: the scale exchange collapsed over the factor precisions (session 23)
+                "collapsed_exchange": features == "mf" and bayesfm.gibbs.COLLAPSED_EXCHANGE,
                 # the fit's loop: bayesfm.sweeps with these XLA options (rows without the
                 # key ran under numpyro's MCMC with XLA's defaults)
                 "compiler_options": bayesfm.sweeps.default_compiler_options(),
@@ -401,9 +403,17 @@ def write_doc(results: dict, doc: Path) -> None:
         if looped
         else "run under numpyro's MCMC with XLA's default options"
     )
+    collapsed = sorted(k for k, r in fits.items() if r.get("collapsed_exchange"))
+    exchange = (
+        "; MF's scale exchange collapsed over the factor precisions (session 23) in "
+        + ", ".join(f"`{k}`" for k in collapsed)
+        if collapsed
+        else ""
+    )
     lines += [
         "",
-        f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}.",
+        f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}"
+        f"{exchange}.",
         f"Loop: {loop}.",
     ]
     folds: dict[str, dict[str, list[float]]] = {}
