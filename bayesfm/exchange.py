@@ -13,8 +13,8 @@ Gibbs, Liu & Sabatti, 2000).
 Why collapsed: given the hyperparameters, each column's precision is as sharp as its many
 levels make it, so the orbit conditional is narrow and the split of each dimension's scale
 between users and items moved only as fast as the precisions followed it. With them
-integrated out the two tables' Gamma priors nearly cancel along the orbit (each column's
-marginal is close to scale-free), and one draw crosses it.
+integrated out the conditional is as wide as the columns' marginals allow: on MovieLens-100K
+(MF, rank 10, sweep 55 of four chains) 200 draws of ``t`` per chain spanned about -1 to 1.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from .rotation import collapsed_log_density
 __all__ = ["EXCHANGE_SCALES", "exchange_log_target", "exchange_scales"]
 
 # proposal sd of the Metropolis steps on t = log c, cycled over the steps: on MovieLens-100K
-# the collapsed orbit density has an sd of about 0.1-0.2 in t; fixed numbers, not the state's,
-# keep every proposal symmetric. (A slice step with a while loop stalled vectorized chains.)
+# exact draws of t from one state spanned about -1 to 1; fixed numbers, not the state's, keep
+# every proposal symmetric. (A slice step with a while loop stalled vectorized chains.)
 EXCHANGE_SCALES = (0.05, 0.15, 0.4)
 
 
