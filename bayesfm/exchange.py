@@ -23,10 +23,19 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
+from .data import Structure
 from .priors import PriorConfig
 from .rotation import collapsed_log_density
 
-__all__ = ["EXCHANGE_SCALES", "exchange_log_target", "exchange_scales"]
+__all__ = [
+    "EXCHANGE_SCALES",
+    "exchange_log_target",
+    "exchange_scales",
+    "apply_side_scaling",
+    "side_exchange",
+    "side_tables",
+    "within_side_sums",
+]
 
 # proposal sd of the Metropolis steps on t = log c, cycled over the steps: on MovieLens-100K
 # exact draws of t from one state spanned about -1 to 1; fixed numbers, not the state's, keep
@@ -89,3 +98,127 @@ def exchange_scales(
     (t, _), _ = jax.lax.scan(step, (t0, jnp.zeros_like(t0)), (normals, scales))
     c = jnp.exp(t)
     return v_a * c, v_b / c, t
+
+
+def side_tables(structure: Structure, entity: str) -> list[str]:
+    """The groups on ``entity``'s side: the entity and every term it owns."""
+    return [entity] + [t.dim for t in structure.terms if t.carrier == entity]
+
+
+def within_side_sums(params: dict, data: dict, structure: Structure, entity: str) -> jnp.ndarray:
+    """``W`` (levels, rank): per level of ``entity`` and factor dimension, ``s^2 - q`` with
+    ``s`` the sum of ``x v`` over the entity and the features it owns and ``q`` the sum of
+    ``(x v)^2``; half of it summed over dimensions is the entity's within-side interaction,
+    which every row of the entity holds."""
+    v = params[f"v_{entity}"]
+    s, q = v, v * v
+    for t in structure.terms:
+        if t.carrier != entity:
+            continue
+        td = data["terms"][t.dim]
+        xv = td["value"][:, None] * params[f"v_{t.dim}"][td["index"]]
+        s = s + jax.ops.segment_sum(xv, td["unit"], v.shape[0], indices_are_sorted=True)
+        q = q + jax.ops.segment_sum(xv * xv, td["unit"], v.shape[0], indices_are_sorted=True)
+    return s * s - q
+
+
+def side_exchange(
+    params: dict, data: dict, structure: Structure, normals: jnp.ndarray, prior: PriorConfig
+) -> tuple[dict, jnp.ndarray]:
+    """The scale exchange of an FM whose features all belong to its two entities.
+
+    Factor ``f`` of every table on the first entity's side (the entity and the features it
+    owns: a user's age, gender, occupation, implicit set) is multiplied by ``c_f``, and on
+    the second entity's side divided by it. Every interaction across the sides keeps its
+    value; the interactions within a side, ``W / 2`` per level (:func:`within_side_sums`),
+    scale by ``c_f^2`` (or ``c_f^-2``), and the entity's linear weight gives the change back,
+    so no prediction changes. (A scaling group with a shear on the weights: the maps compose
+    as ``c c'``, with Jacobian ``c^(n_a - n_b)`` over the factor entries.) The target is the
+    priors: every side table's column and both entities' weights with their Normal–Gamma
+    hyperparameters integrated out, which the sweep then redraws. ``t_f = log c_f`` takes
+    Metropolis steps dimension by dimension (the weights couple them), each O(levels).
+
+    ``normals`` (steps, 2, rank): per step and dimension one normal for the proposal and
+    one whose ``log Phi`` is the log uniform of the acceptance. Returns the new parameters
+    and ``t`` (rank,).
+    """
+    (a, _), (b, _) = structure.entities
+    hyper = (prior.alpha0, prior.beta0, prior.gamma0, prior.mu0)
+    sides = [(g, 1.0) for g in side_tables(structure, a)]
+    sides += [(g, -1.0) for g in side_tables(structure, b)]
+    vs = [params[f"v_{g}"] for g, _ in sides]
+    sign = jnp.asarray([s for _, s in sides], vs[0].dtype)[:, None]
+    sq = jnp.stack([jnp.sum(v * v, 0) for v in vs])  # (tables, rank)
+    total = jnp.stack([jnp.sum(v, 0) for v in vs])
+    n = jnp.asarray([v.shape[0] for v in vs], vs[0].dtype)[:, None]
+    n_net = jnp.sum(sign * n)  # Jacobian exponent: levels scaled up minus levels scaled down
+    half_w = [0.5 * within_side_sums(params, data, structure, e) for e in (a, b)]
+
+    def v_log_density(t, f):
+        c = jnp.exp(sign[:, 0] * t)
+        return jnp.sum(collapsed_log_density(c * c * sq[:, f], c * total[:, f], n[:, 0], *hyper))
+
+    def w_log_density(w):
+        return collapsed_log_density(jnp.sum(w * w), jnp.sum(w), jnp.float32(w.shape[0]), *hyper)
+
+    def moved_weights(ws, t_old, t_new, f):
+        # w_e - (c^2 - 1) W_e / 2, tracked from the current c of the dimension
+        wa, wb = ws
+        ca_old, ca_new = jnp.exp(2.0 * t_old), jnp.exp(2.0 * t_new)
+        wa = wa - (ca_new - ca_old) * half_w[0][:, f]
+        wb = wb - (1.0 / ca_new - 1.0 / ca_old) * half_w[1][:, f]
+        return wa, wb
+
+    rank = vs[0].shape[1]
+    scales = jnp.resize(jnp.asarray(EXCHANGE_SCALES, vs[0].dtype), normals.shape[0])
+
+    def dim_step(carry, inputs):
+        t, ws = carry
+        f, z, scale = inputs
+        t_new = t[f] + scale * z[0]
+        ws_new = moved_weights(ws, t[f], t_new, f)
+        log_ratio = (
+            v_log_density(t_new, f)
+            - v_log_density(t[f], f)
+            + sum(w_log_density(x) for x in ws_new)
+            - sum(w_log_density(x) for x in ws)
+            + n_net * (t_new - t[f])
+        )
+        accept = log_ndtr(z[1]) < log_ratio  # Phi(Z) is uniform for a standard normal Z
+        t = t.at[f].set(jnp.where(accept, t_new, t[f]))
+        ws = jax.tree.map(lambda new, old: jnp.where(accept, new, old), ws_new, ws)
+        return (t, ws), None
+
+    # steps x dimensions, the dimensions in order within each step
+    dims = jnp.tile(jnp.arange(rank), normals.shape[0])
+    flat = normals.transpose(0, 2, 1).reshape(-1, 2)
+    t0 = jnp.zeros(rank, vs[0].dtype)
+    (t, _), _ = jax.lax.scan(
+        dim_step,
+        (t0, (params[f"w_{a}"], params[f"w_{b}"])),
+        (dims, flat, jnp.repeat(scales, rank)),
+    )
+    return apply_side_scaling(params, data, structure, t, half_w), t
+
+
+def apply_side_scaling(
+    params: dict, data: dict, structure: Structure, t: jnp.ndarray, half_w=None
+) -> dict:
+    """The move of :func:`side_exchange` for ``c = exp(t)`` (rank,): the first entity's side
+    times ``c``, the second's over ``c``, each entity's weight minus the change of its
+    within-side interaction. ``half_w``: both entities' ``W / 2`` at ``params`` (computed
+    when not given)."""
+    (a, _), (b, _) = structure.entities
+    if half_w is None:
+        half_w = [0.5 * within_side_sums(params, data, structure, e) for e in (a, b)]
+    c2 = jnp.exp(2.0 * t)
+    out = {
+        **params,
+        f"w_{a}": params[f"w_{a}"] - half_w[0] @ (c2 - 1.0),
+        f"w_{b}": params[f"w_{b}"] - half_w[1] @ (1.0 / c2 - 1.0),
+    }
+    for g in side_tables(structure, a):
+        out[f"v_{g}"] = params[f"v_{g}"] * jnp.exp(t)
+    for g in side_tables(structure, b):
+        out[f"v_{g}"] = params[f"v_{g}"] * jnp.exp(-t)
+    return out

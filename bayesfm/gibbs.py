@@ -29,6 +29,11 @@ Every parameter is drawn from its closed-form conditional; one sweep visits, in 
    (:mod:`bayesfm.exchange`, ``COLLAPSED_EXCHANGE``) cross it in one sweep; the older
    Metropolis chain given the hyperparameters (:func:`scale_exchange`, run after them when
    ``COLLAPSED_EXCHANGE`` is off) moved only as far as the precisions allowed.
+5. With two entities that own every other feature (an FM of users and items with their side
+   features, no row-level field), the same exchange between the two *sides*
+   (:func:`bayesfm.exchange.side_exchange`, ``SIDE_EXCHANGE``): every table on the user's
+   side times ``c_f``, on the item's side over it, with each entity's linear weight giving
+   back the change of its within-side interactions.
 
 For the binary (probit) and ordinal tasks each sweep starts with an Albert–Chib step (see
 :mod:`bayesfm.augment`): a move of the predictor's scale against the unit noise
@@ -55,6 +60,7 @@ from jax.scipy.special import log_ndtr
 from jax.sharding import PartitionSpec as P
 from numpyro.infer.mcmc import MCMCKernel
 
+from .attribute_shift import MEAN_SHIFT_STEPS, owner_mean_shifts, shifted_terms
 from .augment import (
     CUTPOINT_PRIOR_SCALE,
     truncated_normal,
@@ -62,7 +68,7 @@ from .augment import (
     utility_bounds,
 )
 from .data import ROW, Structure, _bucket
-from .exchange import exchange_scales
+from .exchange import exchange_scales, side_exchange
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import draw_gaussian, gaussian_from_normals
 from .probit_scale import probit_scale_move
@@ -98,6 +104,11 @@ FACTOR_ROTATION = True
 # factor precisions' R-hat went from 1.05/1.04 (median) and 1.86/2.02 (sorted maximum) to
 # 1.004-1.009 against the exchange given the precisions; the worst probe cell did not follow
 COLLAPSED_EXCHANGE = True
+# FM whose features all belong to its two entities: the same exchange between the sides
+# (bayesfm.exchange.side_exchange), also collapsed
+SIDE_EXCHANGE = True
+# every owned attribute's factor mean against its owner (bayesfm.attribute_shift), collapsed
+ATTRIBUTE_MEAN_SHIFT = True
 # probit tasks: move the scale of every weight, factor and cutpoint against the unit noise
 # (bayesfm.probit_scale); without it that scale drifts for hundreds of sweeps
 PROBIT_SCALE_MOVE = True
@@ -737,6 +748,16 @@ def gibbs_sweep(
             variates.normal((_SCALE_STEPS, 2, spec.rank)),
             prior,
         )
+    if _has_side_exchange(structure) and SIDE_EXCHANGE:
+        params, _ = side_exchange(
+            params, data, structure, variates.normal((_SCALE_STEPS, 2, spec.rank)), prior
+        )
+    if ATTRIBUTE_MEAN_SHIFT:
+        for d, _ in structure.entities:
+            owned = [t for t in shifted_terms(structure) if t.carrier == d]
+            if owned:
+                shape = (len(owned), MEAN_SHIFT_STEPS, 2, spec.rank)
+                params, _ = owner_mean_shifts(params, data, owned, variates.normal(shape), prior)
     members = [params[f"{kind}_{g}"] for g in structure.groups for kind in ("w", "v")]
     n_hyper = hyper_shapes.shape[0]
     hyper = iter(
@@ -788,6 +809,16 @@ def _has_scale_exchange(structure: Structure) -> bool:
     return len(structure.entities) == 2 and not structure.terms
 
 
+def _has_side_exchange(structure: Structure) -> bool:
+    """FM with two entities owning every other feature: the sides' scale orbit (with the
+    weights' shear) keeps every prediction."""
+    return (
+        len(structure.entities) == 2
+        and bool(structure.terms)
+        and all(t.carrier != ROW for t in structure.terms)
+    )
+
+
 def _intercept_count(spec: ModelSpec) -> int:
     """Coefficients of :func:`_update_intercepts`: the global bias (none for the ordered
     probit) and each group's linear mean."""
@@ -819,6 +850,10 @@ def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
         count += rotation_normal_count(spec.rank)
     if _has_scale_exchange(structure):  # collapsed or not, the same steps
         count += _SCALE_STEPS * 2 * spec.rank
+    if _has_side_exchange(structure) and SIDE_EXCHANGE:
+        count += _SCALE_STEPS * 2 * spec.rank
+    if ATTRIBUTE_MEAN_SHIFT:
+        count += len(shifted_terms(structure)) * MEAN_SHIFT_STEPS * 2 * spec.rank
     if spec.task == "ordinal":
         count += len(structure.entities)
     return count

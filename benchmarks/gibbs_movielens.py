@@ -118,6 +118,12 @@ def _args():
         "collapsed over them (an A/B baseline, keyed '/uncollapsedexchange')",
     )
     p.add_argument(
+        "--no-side-moves",
+        action="store_true",
+        help="rows without FM's side exchange and attribute mean shifts (an A/B baseline, "
+        "keyed '/nosidemoves')",
+    )
+    p.add_argument(
         "--diag-seed",
         type=int,
         default=0,
@@ -211,6 +217,8 @@ def main() -> None:
                 "factor_rotation": bayesfm.gibbs.FACTOR_ROTATION,
                 # MF only: the scale exchange collapsed over the factor precisions (session 23)
                 "collapsed_exchange": features == "mf" and bayesfm.gibbs.COLLAPSED_EXCHANGE,
+                # FM: the side exchange and attribute mean shifts (session 24)
+                "side_moves": _side_moves(features),
                 # the fit's loop: bayesfm.sweeps with these XLA options (rows without the
                 # key ran under numpyro's MCMC with XLA's defaults)
                 "compiler_options": bayesfm.sweeps.default_compiler_options(),
@@ -248,6 +256,9 @@ def main() -> None:
     if args.uncollapsed_exchange:
         bayesfm.gibbs.COLLAPSED_EXCHANGE = False
         suffix += "/uncollapsedexchange"
+    if args.no_side_moves:
+        bayesfm.gibbs.SIDE_EXCHANGE = bayesfm.gibbs.ATTRIBUTE_MEAN_SHIFT = False
+        suffix += "/nosidemoves"
     warmup = args.diag_warmup
     suffix += f"/warmup{warmup}" if warmup != 200 else ""
     suffix += f"/seed{args.diag_seed}" if args.diag_seed else ""
@@ -264,7 +275,10 @@ def main() -> None:
                 warmup=warmup,
                 seed=args.diag_seed,
                 fit_s=fit_s,
-                sampler=sampler + _exchange_label(features, bayesfm.gibbs.COLLAPSED_EXCHANGE),
+                sampler=sampler
+                + _exchange_label(features, bayesfm.gibbs.COLLAPSED_EXCHANGE)
+                + _side_label(features),
+                side_moves=_side_moves(features),
             )
             save(f"diag/{features}/{split}{suffix}", row)
     if not args.quick:
@@ -277,6 +291,18 @@ def _exchange_label(features: str, collapsed: bool) -> str:
     if features != "mf":
         return ""
     return ", collapsed scale exchange" if collapsed else ""
+
+
+def _side_moves(features: str) -> bool:
+    """Whether FM's side exchange and attribute mean shifts (session 24) ran: both on, and an
+    FM feature set (MF has no side features)."""
+    import bayesfm.gibbs
+
+    return features != "mf" and bayesfm.gibbs.SIDE_EXCHANGE and bayesfm.gibbs.ATTRIBUTE_MEAN_SHIFT
+
+
+def _side_label(features: str) -> str:
+    return ", side exchange and attribute mean shifts" if _side_moves(features) else ""
 
 
 def diagnostics_row(model, test) -> dict:
@@ -306,9 +332,18 @@ def diagnostics_row(model, test) -> dict:
             for v in v_names
         ]
     )
+    # the norm of each factor table's mean vector: which share of the common factor a table
+    # carries (a user's gender against the user), seen by no prediction
+    draws = model.draws_.samples
+    mean_norms = [
+        float(az.rhat(np.linalg.norm(np.asarray(draws[k]).mean(2), axis=-1)))
+        for k in draws
+        if k.startswith("v_") and not k.startswith(("v_mu_", "v_lambda_"))
+    ]
     y = test.rating.to_numpy(float)
     iv90 = model.predict_interval(test, 0.9)
     return {
+        "factor_mean_norm_rhat_max": max(mean_norms),
         "chains": int(post.sizes["chain"]),
         "kept": int(post.sizes["draw"]),
         "rmse": float(np.sqrt(np.mean((iv90["mean"] - y) ** 2))),
@@ -410,10 +445,17 @@ def write_doc(results: dict, doc: Path) -> None:
         if collapsed
         else ""
     )
+    sided = sorted(k for k, r in fits.items() if r.get("side_moves"))
+    side = (
+        "; FM's side exchange and attribute mean shifts (session 24) in "
+        + ", ".join(f"`{k}`" for k in sided)
+        if sided
+        else ""
+    )
     lines += [
         "",
         f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}"
-        f"{exchange}.",
+        f"{exchange}{side}.",
         f"Loop: {loop}.",
     ]
     folds: dict[str, dict[str, list[float]]] = {}
@@ -449,8 +491,9 @@ def write_doc(results: dict, doc: Path) -> None:
             "| cov 90% "
             "| sigma R-hat | w0 R-hat "
             "| probe R-hat max | probe R-hat median | probe ESS min | linear precision R-hat max "
-            "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) "
+            "| factor mean norm R-hat max |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(diags):
             r = diags[key]
@@ -464,7 +507,8 @@ def write_doc(results: dict, doc: Path) -> None:
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "
                 f"| {r['w_lambda_rhat_max']:.3f} | {r['v_lambda_rhat_median']:.3f} "
-                f"| {r['v_lambda_sorted_rhat_max']:.3f} |"
+                f"| {r['v_lambda_sorted_rhat_max']:.3f} "
+                f"| {_num(r, 'factor_mean_norm_rhat_max', '.3f')} |"
             )
         notes = [f"- {k}: {v['note']}" for k, v in sorted(diags.items()) if v.get("note")]
         lines += ["", *notes] if notes else []
