@@ -134,9 +134,11 @@ def side_exchange(
     scale by ``c_f^2`` (or ``c_f^-2``), and the entity's linear weight gives the change back,
     so no prediction changes. (A scaling group with a shear on the weights: the maps compose
     as ``c c'``, with Jacobian ``c^(n_a - n_b)`` over the factor entries.) The target is the
-    priors: every side table's column and both entities' weights with their Normal–Gamma
-    hyperparameters integrated out, which the sweep then redraws. ``t_f = log c_f`` takes
-    Metropolis steps dimension by dimension (the weights couple them), each O(levels).
+    priors: every side table's column with its Normal–Gamma hyperparameters integrated out
+    (the sweep redraws them right after), and both entities' weights given theirs (integrated
+    out, the weights' means moved freely and the global bias followed slowly).
+    ``t_f = log c_f`` takes Metropolis steps dimension by dimension (the weights couple them),
+    each O(levels).
 
     ``normals`` (steps, 2, rank): per step and dimension one normal for the proposal and
     one whose ``log Phi`` is the log uniform of the acceptance. Returns the new parameters
@@ -158,8 +160,13 @@ def side_exchange(
         c = jnp.exp(sign[:, 0] * t)
         return jnp.sum(collapsed_log_density(c * c * sq[:, f], c * total[:, f], n[:, 0], *hyper))
 
-    def w_log_density(w):
-        return collapsed_log_density(jnp.sum(w * w), jnp.sum(w), jnp.float32(w.shape[0]), *hyper)
+    # the weights given their hyperparameters: integrated out, their means could move
+    # freely, and the global bias followed slowly
+    w_hyper = [(params[f"w_mu_{e}"], params[f"w_lambda_{e}"]) for e in (a, b)]
+
+    def w_log_density(w, e):
+        mu, lam = w_hyper[e]
+        return -0.5 * lam * jnp.sum((w - mu) ** 2)
 
     def moved_weights(ws, t_old, t_new, f):
         # w_e - (c^2 - 1) W_e / 2, tracked from the current c of the dimension
@@ -180,8 +187,8 @@ def side_exchange(
         log_ratio = (
             v_log_density(t_new, f)
             - v_log_density(t[f], f)
-            + sum(w_log_density(x) for x in ws_new)
-            - sum(w_log_density(x) for x in ws)
+            + sum(w_log_density(x, e) for e, x in enumerate(ws_new))
+            - sum(w_log_density(x, e) for e, x in enumerate(ws))
             + n_net * (t_new - t[f])
         )
         accept = log_ndtr(z[1]) < log_ratio  # Phi(Z) is uniform for a standard normal Z

@@ -1,6 +1,8 @@
-"""FM's side exchange (``bayesfm.exchange.side_exchange``): the scaled sides with the weights'
-shear keep every prediction, and chained Metropolis steps sample the collapsed prior along
-the orbit (with the Jacobian), computed here on a grid from the moved state itself."""
+"""FM's side exchange (``bayesfm.exchange.side_exchange``) and attribute mean shifts
+(``bayesfm.attribute_shift``): the moves with the weights' shear keep every prediction, and
+chained Metropolis steps sample the priors along each orbit (factor columns collapsed over
+their hyperparameters, weights given theirs, with the Jacobian), computed here on a grid from
+the moved state itself."""
 
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def _problem(rank: int, seed: int = 5):
         n_lev = structure.n_levels(g)
         params[f"w_{g}"] = jnp.asarray(rng.normal(size=n_lev), jnp.float32)
         params[f"v_{g}"] = jnp.asarray(rng.normal(0.2, 0.8, (n_lev, rank)), jnp.float32)
+        params[f"w_mu_{g}"] = jnp.float32(rng.normal(0.0, 0.3))
+        params[f"w_lambda_{g}"] = jnp.float32(rng.gamma(3.0, 0.5))
     return ModelSpec(structure=structure, rank=rank), data, params
 
 
@@ -73,8 +77,9 @@ def test_side_scaling_keeps_every_prediction():
 
 def test_side_exchange_samples_the_collapsed_orbit_density():
     """Rank 1: the running total of ``t`` over chained moves has the mean and sd of the orbit
-    density of the first state: the Normal–Gamma marginal of every moved column and weight
-    vector, plus the Jacobian ``(n_a - n_b) t``."""
+    density of the first state: the Normal–Gamma marginal of every moved factor column, the
+    Normal prior of both entities' weights given their hyperparameters, plus the Jacobian
+    ``(n_a - n_b) t``."""
     spec, data, params = _problem(rank=1)
     structure, prior = spec.structure, bfm.PriorConfig()
     hyper = (prior.alpha0, prior.beta0, prior.gamma0, prior.mu0)
@@ -85,11 +90,20 @@ def test_side_exchange_samples_the_collapsed_orbit_density():
 
     def orbit_log_density(t):
         moved = apply_side_scaling(params, data, structure, jnp.asarray([t], jnp.float32))
-        x = [moved[f"v_{g}"][:, 0] for g in up + down] + [moved["w_user"], moved["w_item"]]
-        return sum(
-            float(collapsed_log_density(jnp.sum(c * c), jnp.sum(c), float(c.shape[0]), *hyper))
-            for c in x
-        ) + n_net * float(t)
+        x = [moved[f"v_{g}"][:, 0] for g in up + down]
+        weights = sum(
+            -0.5
+            * float(params[f"w_lambda_{e}"] * jnp.sum((moved[f"w_{e}"] - params[f"w_mu_{e}"]) ** 2))
+            for e in ("user", "item")
+        )
+        return (
+            sum(
+                float(collapsed_log_density(jnp.sum(c * c), jnp.sum(c), float(c.shape[0]), *hyper))
+                for c in x
+            )
+            + weights
+            + n_net * float(t)
+        )
 
     def one(carry, key):
         p, total = carry
@@ -134,8 +148,8 @@ def test_attribute_mean_shift_keeps_every_prediction():
 def test_attribute_mean_shift_samples_its_collapsed_density(dim):
     """Rank 1: chained moves of one attribute (one-hot, and an implicit set whose owners
     carry it with weight ``sqrt(n_u)``) have the mean and sd of the density of the total
-    shift: the Normal–Gamma marginals of the moved attribute and owner columns and of the
-    owner's weights (unit Jacobian)."""
+    shift: the Normal–Gamma marginals of the moved attribute and owner columns and the Normal
+    prior of the owner's weights given their hyperparameters (unit Jacobian)."""
     spec, data, params = _problem(rank=1)
     prior = bfm.PriorConfig()
     hyper = (prior.alpha0, prior.beta0, prior.gamma0, prior.mu0)
@@ -144,8 +158,10 @@ def test_attribute_mean_shift_samples_its_collapsed_density(dim):
     def shift_log_density(x):
         moved = apply_mean_shift(params, data, term, jnp.asarray([x], jnp.float32))
         cols = [moved[f"v_{dim}"][:, 0], moved[f"v_{term.carrier}"][:, 0]]
-        cols.append(moved[f"w_{term.carrier}"])
-        return sum(
+        d = term.carrier
+        w_dev = moved[f"w_{d}"] - params[f"w_mu_{d}"]
+        weights = -0.5 * float(params[f"w_lambda_{d}"] * jnp.sum(w_dev**2))
+        return weights + sum(
             float(collapsed_log_density(jnp.sum(c * c), jnp.sum(c), float(c.shape[0]), *hyper))
             for c in cols
         )
