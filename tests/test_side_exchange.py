@@ -62,6 +62,20 @@ def _problem(rank: int, seed: int = 5):
     return ModelSpec(structure=structure, rank=rank), data, params
 
 
+def _assert_draws_follow(draws: np.ndarray, grid: np.ndarray, logp: np.ndarray) -> None:
+    """The autocorrelated ``draws`` have the mean (within 4 MCSE) and the sd (within 10%) of
+    the density ``exp(logp)`` on ``grid``, which must hold all its mass."""
+    p = np.exp(logp - logp.max())
+    assert p[0] < 1e-6 and p[-1] < 1e-6
+    p /= p.sum()
+    mean = np.sum(p * grid)
+    sd = np.sqrt(np.sum(p * (grid - mean) ** 2))
+    rho = np.corrcoef(draws[:-1], draws[1:])[0, 1]
+    se = sd * np.sqrt((1 + rho) / (1 - rho) / draws.size)
+    assert abs(draws.mean() - mean) < 4 * se, (draws.mean(), mean, se)
+    assert draws.std() == pytest.approx(sd, rel=0.1)
+
+
 def test_side_scaling_keeps_every_prediction():
     spec, data, params = _problem(rank=3)
     structure = spec.structure
@@ -114,16 +128,7 @@ def test_side_exchange_samples_the_collapsed_orbit_density():
     (_, _), path = jax.jit(lambda k: jax.lax.scan(one, (params, jnp.zeros(1)), k))(keys)
     draws = np.asarray(path, np.float64)[500:, 0]
     grid = np.linspace(-4.0, 4.0, 1601)
-    logp = np.array([orbit_log_density(t) for t in grid])
-    p = np.exp(logp - logp.max())
-    assert p[0] < 1e-6 and p[-1] < 1e-6
-    p /= p.sum()
-    mean = np.sum(p * grid)
-    sd = np.sqrt(np.sum(p * (grid - mean) ** 2))
-    rho = np.corrcoef(draws[:-1], draws[1:])[0, 1]
-    se = sd * np.sqrt((1 + rho) / (1 - rho) / draws.size)
-    assert abs(draws.mean() - mean) < 4 * se, (draws.mean(), mean, se)
-    assert draws.std() == pytest.approx(sd, rel=0.1)
+    _assert_draws_follow(draws, grid, np.array([orbit_log_density(t) for t in grid]))
 
 
 def test_attribute_mean_shift_keeps_every_prediction():
@@ -175,16 +180,7 @@ def test_attribute_mean_shift_samples_its_collapsed_density(dim):
     _, path = jax.jit(lambda k: jax.lax.scan(one, (params, jnp.zeros(1)), k))(keys)
     draws = np.asarray(path, np.float64)[500:, 0]
     grid = np.linspace(-3.0, 3.0, 1201)
-    logp = np.array([shift_log_density(x) for x in grid])
-    p = np.exp(logp - logp.max())
-    assert p[0] < 1e-6 and p[-1] < 1e-6
-    p /= p.sum()
-    mean = np.sum(p * grid)
-    sd = np.sqrt(np.sum(p * (grid - mean) ** 2))
-    rho = np.corrcoef(draws[:-1], draws[1:])[0, 1]
-    se = sd * np.sqrt((1 + rho) / (1 - rho) / draws.size)
-    assert abs(draws.mean() - mean) < 4 * se, (draws.mean(), mean, se)
-    assert draws.std() == pytest.approx(sd, rel=0.1)
+    _assert_draws_follow(draws, grid, np.array([shift_log_density(x) for x in grid]))
 
 
 def test_chained_mean_shifts_of_all_attributes_keep_every_prediction():
