@@ -394,6 +394,12 @@ def _num(row: dict, key: str, spec: str) -> str:
     return format(row[key], spec) if key in row else "-"
 
 
+def _rows_with(fits: dict, key: str, what: str) -> str:
+    """ "; {what} in `row`, ..." for the rows whose ``key`` is true ("" for none)."""
+    keys = sorted(k for k, r in fits.items() if r.get(key))
+    return f"; {what} in " + ", ".join(f"`{k}`" for k in keys) if keys else ""
+
+
 def write_doc(results: dict, doc: Path) -> None:
     """Markdown tables from the JSON results (nothing typed by hand)."""
     import jax
@@ -461,19 +467,13 @@ def write_doc(results: dict, doc: Path) -> None:
         if looped
         else "run under numpyro's MCMC with XLA's default options"
     )
-    collapsed = sorted(k for k, r in fits.items() if r.get("collapsed_exchange"))
-    exchange = (
-        "; MF's scale exchange collapsed over the factor precisions (session 23) in "
-        + ", ".join(f"`{k}`" for k in collapsed)
-        if collapsed
-        else ""
+    exchange = _rows_with(
+        fits,
+        "collapsed_exchange",
+        "MF's scale exchange collapsed over the factor precisions (session 23)",
     )
-    sided = sorted(k for k, r in fits.items() if r.get("side_moves"))
-    side = (
-        "; FM's side exchange and attribute mean shifts (session 24) in "
-        + ", ".join(f"`{k}`" for k in sided)
-        if sided
-        else ""
+    side = _rows_with(
+        fits, "side_moves", "FM's side exchange and attribute mean shifts (session 24)"
     )
     lines += [
         "",
