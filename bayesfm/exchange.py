@@ -1,4 +1,6 @@
-"""Scale exchange between the user and item factors of MF, collapsed over their priors.
+"""Scale exchanges between the two entities' factors, collapsed over their priors: MF's
+(:func:`exchange_scales`, below) and FM's between the user's and the item's side
+(:func:`side_exchange`, which also shears the entity weights).
 
 With exactly two one-hot fields and nothing else (MF), the likelihood depends on the factors
 only through ``v_a v_b^T``, so ``v_a[:, f] -> c v_a[:, f]`` with ``v_b[:, f] -> v_b[:, f] / c``
