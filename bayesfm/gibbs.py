@@ -75,7 +75,7 @@ from .exchange import exchange_scales, side_exchange
 from .fm import ModelSpec, fm_components, fm_model, initial_values
 from .linalg import draw_gaussian, gaussian_from_normals
 from .probit_scale import probit_scale_move
-from .ridge import bias_shift, factor_shift, owned_shift, ridge_plan
+from .ridge import bias_shift, factor_shift, factor_shift_normal_count, owned_shift, ridge_plan
 from .rotation import rotate_factors, rotation_normal_count
 from .sharding import DATA_AXIS
 
@@ -114,6 +114,13 @@ COLLAPSED_EXCHANGE = True
 # probe R-hat from 1.109/1.040 to 1.085/1.033; w0's went from 1.003 to 1.016 with seed 0
 SIDE_EXCHANGE = True
 ATTRIBUTE_MEAN_SHIFT = True
+# each entity's factor-mean shift (bayesfm.ridge) with the means it moves integrated out,
+# then redrawn (given the means it moves about 1 / sqrt(n_levels lambda) per sweep). Off: on
+# MovieLens-100K ua (4 x (200 + 500) sweeps; MF seeds 0-3, FM 0-2) it mixed the factor means
+# (MF user-item mean inner product ESS 13 -> 411) and raised the smallest probe ESS in 5 of 7
+# runs, but lowered sigma's ESS in FM (596-651 -> 367-586); the worst probe and sigma R-hats
+# fell on both sides of 1.01 either way (docs/benchmarks_gibbs.md, rows '/collapsedshift')
+COLLAPSED_FACTOR_SHIFT = False
 # probit tasks: move the scale of every weight, factor and cutpoint against the unit noise
 # (bayesfm.probit_scale); without it that scale drifts for hundreds of sweeps
 PROBIT_SCALE_MOVE = True
@@ -849,7 +856,10 @@ def _sweep_normal_count(spec: ModelSpec, plan: dict) -> int:
     )
     count += _intercept_count(spec)
     entities, owned, biased = _ridge_counts(spec, plan["ridge"])
-    count += len(entities) * spec.rank + sum(t.n_levels for t in owned) + len(biased)
+    shift_normals = factor_shift_normal_count(
+        spec.rank, len(structure.groups), COLLAPSED_FACTOR_SHIFT
+    )
+    count += len(entities) * shift_normals + sum(t.n_levels for t in owned) + len(biased)
     count += len(structure.groups) * width  # the hyperparameter means
     if _rotates(spec):
         count += rotation_normal_count(spec.rank)
@@ -872,8 +882,15 @@ def _ridge_moves(params, data, spec: ModelSpec, variates: _Variates) -> dict:
     structure = spec.structure
     grams = data["gibbs"]["ridge"]
     entities, owned, biased = _ridge_counts(spec, grams)
+    shift_normals = factor_shift_normal_count(
+        spec.rank, len(structure.groups), COLLAPSED_FACTOR_SHIFT
+    )
     for d in entities:
-        params = factor_shift(params, structure.groups, d, variates.normal((spec.rank,)))
+        normals = variates.normal((shift_normals,))
+        prior = spec.prior
+        params = factor_shift(
+            params, structure.groups, d, normals, prior.gamma0, prior.mu0, COLLAPSED_FACTOR_SHIFT
+        )
     for t in owned:
         params = owned_shift(params, data, grams[t.dim], t, variates.normal((t.n_levels,)))
     for d in biased:

@@ -22,6 +22,13 @@ weight of an owned numeric attribute had R-hat 1.4-1.5 after 4 x 700 sweeps). Ea
 draws the shift ``c`` from its exact Gaussian conditional: along a fixed direction ``B`` the
 target ``p(theta + B c)`` is proportional to the priors' Gaussian in ``c``. A translation is a
 group move with unit Jacobian, so the draw leaves the posterior invariant (Liu & Wu, 1999).
+
+The factor-mean shift moves every level of an entity, so given the group means its prior
+pins ``delta`` to about ``1 / sqrt(n_levels lambda)``, and the means then follow the levels'
+average by as little. Its target therefore integrates out the means it moves (``v_mu`` of
+the entity, ``w_mu`` of the other groups; still Gaussian in ``delta``), and the move redraws
+them from their conditionals right after: a blocked Gibbs draw of ``(delta, means)`` given
+the precisions.
 """
 
 from __future__ import annotations
@@ -36,7 +43,14 @@ from scipy import sparse
 from .data import ROW, Structure
 from .linalg import gaussian_from_normals
 
-__all__ = ["RIDGE_MAX_LEVELS", "ridge_plan", "owned_shift", "bias_shift", "factor_shift"]
+__all__ = [
+    "RIDGE_MAX_LEVELS",
+    "ridge_plan",
+    "owned_shift",
+    "bias_shift",
+    "factor_shift",
+    "factor_shift_normal_count",
+]
 
 # a move solves one levels x levels system per sweep; bigger attributes (implicit sets over
 # thousands of items) are left to the single-site updates
@@ -115,12 +129,49 @@ def bias_shift(params, dim: str, bias_scale: float, normal: jnp.ndarray) -> dict
     return {**params, "w0": w0 + c, f"w_{dim}": w - c}
 
 
-def factor_shift_system(params, groups: tuple[str, ...], dim: str):
-    """Precision ``P`` (rank x rank) and shift ``b`` of ``delta`` in the move
-    ``v_dim + delta``, ``w_j - <delta, v_j>`` (every level of every other group)::
+def _collapsed_weight(n: int, gamma0: float) -> float:
+    """``gamma0 n / (gamma0 + n)``: what is left of ``n`` members' pull on their mean's
+    location once ``mu ~ N(mu0, 1 / (gamma0 lambda))`` is integrated out."""
+    return gamma0 * n / (gamma0 + n)
 
-        P = n_dim diag(lam_v) + sum_g lam_g V_g^T V_g
-        b = -lam_v * sum_e (v_e - mu_v) + sum_g lam_g V_g^T (w_g - mu_g)
+
+def factor_shift_system(params, groups: tuple[str, ...], dim: str, gamma0: float, mu0: float):
+    """Precision ``P`` (rank x rank) and shift ``b`` of ``delta`` in the move
+    ``v_dim + delta``, ``w_j - <delta, v_j>`` (every level of every other group), with the
+    means ``v_mu_dim`` and ``w_mu_g`` integrated out (their precisions held)::
+
+        P = kappa_dim diag(lam_v) + sum_g lam_g (Vc_g^T Vc_g + kappa_g vbar_g vbar_g^T)
+        b = -lam_v kappa_dim (vbar_dim - mu0)
+            + sum_g lam_g (Vc_g^T wc_g + kappa_g vbar_g (wbar_g - mu0))
+
+    where ``Vc``, ``wc`` are centred over the group's levels, bars are their means and
+    ``kappa = gamma0 n / (gamma0 + n)``. Given the means, ``n_dim lam_v`` would pin ``delta``
+    to about ``1 / sqrt(n_dim lam_v)`` per sweep, and the means follow the factors' average
+    just as slowly: on MovieLens-100K ua (MF) the inner product of the user and item factor
+    means had an effective sample size of 13 in 4 x 500 sweeps.
+    """
+    v = params[f"v_{dim}"]
+    lam_v = params[f"v_lambda_{dim}"]
+    pull = lam_v * _collapsed_weight(v.shape[0], gamma0)
+    precision = jnp.diag(pull)
+    shift = -pull * (jnp.mean(v, axis=0) - mu0)
+    for g in groups:
+        if g == dim:
+            continue
+        v_g, w_g, lam_g = params[f"v_{g}"], params[f"w_{g}"], params[f"w_lambda_{g}"]
+        v_bar, w_bar = jnp.mean(v_g, axis=0), jnp.mean(w_g)
+        v_c, w_c = v_g - v_bar, w_g - w_bar
+        kappa = _collapsed_weight(v_g.shape[0], gamma0)
+        precision = precision + lam_g * (v_c.T @ v_c + kappa * jnp.outer(v_bar, v_bar))
+        shift = shift + lam_g * (w_c @ v_c + kappa * v_bar * (w_bar - mu0))
+    return precision, shift
+
+
+def factor_shift_system_given_means(params, groups: tuple[str, ...], dim: str):
+    """:func:`factor_shift_system` with the means held (what the sampler runs by default)::
+
+    P = n_dim diag(lam_v) + sum_g lam_g V_g^T V_g
+    b = -lam_v * sum_e (v_e - mu_v) + sum_g lam_g V_g^T (w_g - mu_g)
     """
     v = params[f"v_{dim}"]
     lam_v = params[f"v_lambda_{dim}"]
@@ -144,11 +195,51 @@ def apply_factor_shift(params, groups: tuple[str, ...], dim: str, delta: jnp.nda
     return out
 
 
-def factor_shift(params, groups: tuple[str, ...], dim: str, normals: jnp.ndarray) -> dict:
+def factor_shift_normal_count(rank: int, n_groups: int, collapsed: bool = False) -> int:
+    """Standard normals :func:`factor_shift` takes: ``delta``, then the redrawn means."""
+    return 2 * rank + n_groups - 1 if collapsed else rank
+
+
+def mean_given_precision(x, lam, normal, gamma0: float, mu0: float) -> jnp.ndarray:
+    """Draw a group's mean from ``N((gamma0 mu0 + n xbar) / (gamma0 + n), 1 / ((gamma0 + n)
+    lam))``, its conditional given the members ``x`` (levels, ...) and their precision."""
+    n = x.shape[0]
+    loc = (gamma0 * mu0 + n * jnp.mean(x, axis=0)) / (gamma0 + n)
+    return loc + normal / jnp.sqrt((gamma0 + n) * lam)
+
+
+def factor_shift(
+    params,
+    groups: tuple[str, ...],
+    dim: str,
+    normals: jnp.ndarray,
+    gamma0: float,
+    mu0: float,
+    collapsed: bool = False,
+) -> dict:
     """Draw the factor-mean shift of entity ``dim`` from its exact conditional.
 
-    ``normals``: standard normal variates, one per factor dimension.
+    By default ``delta`` is drawn given the means
+    (:func:`factor_shift_system_given_means`), which stay as they are. With ``collapsed``
+    it comes from its conditional with the means integrated out
+    (:func:`factor_shift_system`), and then ``v_mu_dim`` and every other group's ``w_mu_g``
+    from their conditionals given the moved values: together an exact draw of
+    ``(delta, means)`` given the precisions (a blocked Gibbs step). ``normals``: standard
+    normal variates, as many as :func:`factor_shift_normal_count` (``delta``'s first).
     """
-    precision, shift = factor_shift_system(params, groups, dim)
-    delta = gaussian_from_normals(precision, shift, normals, jnp.zeros(shift.shape))
-    return apply_factor_shift(params, groups, dim, delta)
+    rank = params[f"v_{dim}"].shape[1]
+    if collapsed:
+        precision, shift = factor_shift_system(params, groups, dim, gamma0, mu0)
+    else:
+        precision, shift = factor_shift_system_given_means(params, groups, dim)
+    delta = gaussian_from_normals(precision, shift, normals[:rank], jnp.zeros(rank))
+    out = apply_factor_shift(params, groups, dim, delta)
+    if not collapsed:
+        return out
+    out[f"v_mu_{dim}"] = mean_given_precision(
+        out[f"v_{dim}"], out[f"v_lambda_{dim}"], normals[rank : 2 * rank], gamma0, mu0
+    )
+    others = [g for g in groups if g != dim]
+    for g, z in zip(others, normals[2 * rank :], strict=True):
+        out[f"w_mu_{g}"] = mean_given_precision(out[f"w_{g}"], out[f"w_lambda_{g}"], z, gamma0, mu0)
+    return out

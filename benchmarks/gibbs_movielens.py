@@ -21,6 +21,11 @@ Usage::
         --no-myfm   # another seed (with and without --no-rotation)
     python -m benchmarks.gibbs_movielens --splits --diagnostics ua --features mf \\
         --diag-warmup 1000 --no-myfm
+    # session 25: the factor-mean shifts collapsed over the means (an A/B variant), and a
+    # rerun of existing rows on another machine under its own keys
+    python -m benchmarks.gibbs_movielens --splits --diagnostics ua --features mf fm \\
+        --collapsed-shift --diag-seed 2 --no-myfm
+    python -m benchmarks.gibbs_movielens --splits --diagnostics ua --tag rerun --no-myfm
     python -m benchmarks.gibbs_movielens --quick            # CI smoke run
 """
 
@@ -111,6 +116,32 @@ PRECISION_NOTE = [
     "still the slowest factor-table mean in all four rows (R-hat 1.63 and 1.79 with the "
     "moves): its split against the user table moves, but slowly. The 4-chain fit took 200 "
     "and 195 s with the moves against 174 and 180 s without.",
+    "",
+    "Session 25 ran on another machine (AMD EPYC, 2 cores) and first reran the shipped "
+    "sampler's rows there (keys '/rerun', same code and seeds). The draws are not the same "
+    "bit for bit on another CPU, and neither are the worst R-hats: MF seed 0's worst probe "
+    "went from 1.032 (Xeon) to 1.011 (EPYC), FM seed 0's w0 from 1.016 to 1.025 and its worst "
+    "probe from 1.085 to 1.068. Two more seeds of the shipped sampler (MF seeds 2 and 3, FM "
+    "seed 2) put the six MF runs' worst probe R-hat at 1.006-1.032 and sigma's at 1.004-1.011, "
+    "the five FM runs' worst probe at 1.033-1.092, sigma's at 1.005-1.011 and w0's at "
+    "1.001-1.025. At these ESS (sigma 596-867, smallest probe ESS 28-554) chance alone puts "
+    "such values on either side of 1.01 "
+    "([How far R-hat strays by chance](benchmarks_rhat_noise.md)): whether one run passes "
+    "says little, the ESS says more.",
+    "",
+    "Session 25 also tried the entity factor-mean shifts (`bayesfm.ridge`) with the means they "
+    "move integrated out (rows '/collapsedshift'; `gibbs.COLLAPSED_FACTOR_SHIFT`, off by "
+    "default). Given the means, a shift of all users' factors is pinned to about "
+    "1 / sqrt(943 lambda) per sweep, and in MF (seed 1) the inner product of the user and item "
+    "factor means had an ESS of 13 in 4 x 500 draws (411 collapsed), the largest factor-table "
+    "mean norm R-hat was 1.004-1.079 over four seeds (1.004-1.006 collapsed). Where it counts "
+    "it did not win: the smallest probe ESS rose in 5 of 7 runs (MF 257, 280, 375, 554 to "
+    "103, 546, 675, 811; FM 40, 70, 28 to 154, 36, 63), but FM's sigma ESS fell in all three "
+    "(651, 596, 646 to 543, 586, 367; MF 867, 664, 762, 715 to 786, 691, 754, 605), FM's "
+    "sorted factor precisions mixed worse (R-hat 1.18-1.24 to 1.27-1.37), and MF's largest "
+    "linear-weight precision R-hat reached 1.43 with seed 3 (1.21 without). The worst probe "
+    "and sigma R-hats fell on both sides of 1.01 with and without it, so the sampler keeps "
+    "the shifts given the means.",
 ]
 
 
@@ -146,6 +177,18 @@ def _args():
         action="store_true",
         help="rows without FM's side exchange and attribute mean shifts (an A/B baseline, "
         "keyed '/nosidemoves')",
+    )
+    p.add_argument(
+        "--collapsed-shift",
+        action="store_true",
+        help="rows with each entity's factor-mean shift collapsed over the means it moves "
+        "instead of given them (an A/B variant, keyed '/collapsedshift')",
+    )
+    p.add_argument(
+        "--tag",
+        default="",
+        help="appended to the 4-chain rows' keys, so that a rerun (another machine, say) "
+        "does not replace a row",
     )
     p.add_argument(
         "--diag-seed",
@@ -243,6 +286,8 @@ def main() -> None:
                 "collapsed_exchange": features == "mf" and bayesfm.gibbs.COLLAPSED_EXCHANGE,
                 # FM: the side exchange and attribute mean shifts (session 24)
                 "side_moves": _side_moves(features),
+                # the factor-mean shifts with the means integrated out (session 25)
+                "collapsed_factor_shift": bayesfm.gibbs.COLLAPSED_FACTOR_SHIFT,
                 # the fit's loop: bayesfm.sweeps with these XLA options (rows without the
                 # key ran under numpyro's MCMC with XLA's defaults)
                 "compiler_options": bayesfm.sweeps.default_compiler_options(),
@@ -283,9 +328,13 @@ def main() -> None:
     if args.no_side_moves:
         bayesfm.gibbs.SIDE_EXCHANGE = bayesfm.gibbs.ATTRIBUTE_MEAN_SHIFT = False
         suffix += "/nosidemoves"
+    if args.collapsed_shift:
+        bayesfm.gibbs.COLLAPSED_FACTOR_SHIFT = True
+        suffix += "/collapsedshift"
     warmup = args.diag_warmup
     suffix += f"/warmup{warmup}" if warmup != 200 else ""
     suffix += f"/seed{args.diag_seed}" if args.diag_seed else ""
+    suffix += f"/{args.tag}" if args.tag else ""
     for split in args.diagnostics:
         train, test = prepare(*load_movielens_100k(data_dir, split=split))
         for features in args.features:
@@ -301,8 +350,10 @@ def main() -> None:
                 fit_s=fit_s,
                 sampler=sampler
                 + _exchange_label(features, bayesfm.gibbs.COLLAPSED_EXCHANGE)
-                + _side_label(features),
+                + _side_label(features)
+                + _shift_label(),
                 side_moves=_side_moves(features),
+                collapsed_factor_shift=bayesfm.gibbs.COLLAPSED_FACTOR_SHIFT,
             )
             save(f"diag/{features}/{split}{suffix}", row)
     if not args.quick:
@@ -327,6 +378,14 @@ def _side_moves(features: str) -> bool:
 
 def _side_label(features: str) -> str:
     return ", side exchange and attribute mean shifts" if _side_moves(features) else ""
+
+
+def _shift_label() -> str:
+    """The factor-mean shifts collapsed over the means (session 25, rows '/collapsedshift');
+    the other rows ran them given the means, unmarked."""
+    import bayesfm.gibbs
+
+    return ", collapsed factor-mean shifts" if bayesfm.gibbs.COLLAPSED_FACTOR_SHIFT else ""
 
 
 def diagnostics_row(model, test) -> dict:
@@ -483,6 +542,11 @@ def write_doc(results: dict, doc: Path) -> None:
     side = _rows_with(
         fits, "side_moves", "FM's side exchange and attribute mean shifts (session 24)"
     )
+    side += _rows_with(
+        fits,
+        "collapsed_factor_shift",
+        "the factor-mean shifts collapsed over the means they move (session 25, an A/B variant)",
+    )
     lines += [
         "",
         f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}"
@@ -520,11 +584,11 @@ def write_doc(results: dict, doc: Path) -> None:
             "| features | split | sampler | hyperprior (precisions) | machine | sweeps "
             "| fit s | RMSE "
             "| cov 90% "
-            "| sigma R-hat | w0 R-hat "
+            "| sigma R-hat | sigma ESS | w0 R-hat "
             "| probe R-hat max | probe R-hat median | probe ESS min | linear precision R-hat max "
             "| factor precision R-hat median (raw) | factor precision R-hat max (sorted) "
             "| factor mean norm R-hat max (table) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted(diags):
             r = diags[key]
@@ -534,7 +598,7 @@ def write_doc(results: dict, doc: Path) -> None:
                 f"| {prior_label(r)} | {r.get('machine', 'not recorded')} "
                 f"| {r['warmup']} + {r['kept']} | {r['fit_s']:.0f} "
                 f"| {r['rmse']:.4f} "
-                f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} "
+                f"| {r['cov90']:.3f} | {r['sigma_rhat']:.3f} | {_num(r, 'sigma_ess', '.0f')} "
                 f"| {r['w0_rhat']:.3f} | {r['probe_rhat_max']:.3f} "
                 f"| {r['probe_rhat_median']:.3f} | {r['probe_ess_min']:.0f} "
                 f"| {r['w_lambda_rhat_max']:.3f} | {r['v_lambda_rhat_median']:.3f} "

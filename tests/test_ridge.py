@@ -12,6 +12,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from numpyro.infer.util import log_density
 
 from bayesfm.fm import fm_model, fm_predictor
@@ -21,7 +22,9 @@ from bayesfm.ridge import (
     apply_owned_shift,
     bias_shift,
     factor_shift,
+    factor_shift_normal_count,
     factor_shift_system,
+    factor_shift_system_given_means,
     owned_shift,
     owned_shift_system,
     ridge_plan,
@@ -150,9 +153,27 @@ def test_large_attributes_are_left_to_single_site_updates():
     assert ridge_plan({"terms": terms}, structure) == {}
 
 
-def test_factor_shift_keeps_predictions_and_matches_the_model_conditional(rich_problem):  # noqa: F811
+def _mean_conditionals(spec, p):
+    """Log density of every group mean (``w_mu_g``, ``v_mu_g``) under its conditional given
+    its members and precision: subtracting it from the joint log density integrates the means
+    out (``log p(theta) = log p(theta, mu) - log p(mu | theta)``)."""
+    g0, mu0 = spec.prior.gamma0, spec.prior.mu0
+    total = 0.0
+    for g in spec.structure.groups:
+        for kind in ("w", "v"):
+            x, lam, mu = p[f"{kind}_{g}"], p[f"{kind}_lambda_{g}"], p[f"{kind}_mu_{g}"]
+            n = x.shape[0]
+            loc = (g0 * mu0 + n * jnp.mean(x, axis=0)) / (g0 + n)
+            total = total + jnp.sum(dist.Normal(loc, 1.0 / jnp.sqrt((g0 + n) * lam)).log_prob(mu))
+    return total
+
+
+def test_factor_shift_keeps_predictions_and_matches_the_collapsed_model_conditional(
+    rich_problem,  # noqa: F811
+):
     spec, data, params, y, offset = rich_problem
     groups, k = spec.structure.groups, spec.rank
+    g0, mu0 = spec.prior.gamma0, spec.prior.mu0
     dims = ("user", "item")
     before = fm_predictor(params, data, spec.structure)
 
@@ -168,18 +189,108 @@ def test_factor_shift_keeps_predictions_and_matches_the_model_conditional(rich_p
         rtol=1e-4,
         atol=1e-4,
     )
-    grad, hess = _grad_and_hessian(
+
+    def collapsed(d):
+        p = shifted(d)
+        return _model_log_density(spec, data, offset, y, p) - _mean_conditionals(spec, p)
+
+    grad, hess = _grad_and_hessian(collapsed, 2 * k)
+    # the joint Hessian's user block is taken at the unshifted point, as is the user move
+    for i, dim in enumerate(dims):
+        block = slice(i * k, (i + 1) * k)
+        precision, shift = factor_shift_system(params, groups, dim, g0, mu0)
+        np.testing.assert_allclose(grad[block], shift, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(-hess[block, block], precision, rtol=1e-3, atol=1e-3)
+    # given the means (the A/B baseline), the target is the model's own density, and it pins
+    # delta far harder: n_user lam_v against gamma0 n / (gamma0 + n) lam_v on the diagonal
+    grad_given, hess_given = _grad_and_hessian(
         lambda d: _model_log_density(spec, data, offset, y, shifted(d)), 2 * k
     )
-    # the joint Hessian's user block is taken at the unshifted point, as is the user move
-    precision, shift = factor_shift_system(params, groups, "user")
-    np.testing.assert_allclose(grad[:k], shift, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(-hess[:k, :k], precision, rtol=1e-3, atol=1e-3)
-    precision, shift = factor_shift_system(params, groups, "item")
-    np.testing.assert_allclose(grad[k:], shift, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(-hess[k:, k:], precision, rtol=1e-3, atol=1e-3)
-    # a draw moves the entity's factors by one common vector
-    out = factor_shift(params, groups, "user", jax.random.normal(jax.random.PRNGKey(0), (k,)))
-    delta = np.asarray(out["v_user"] - params["v_user"])
-    np.testing.assert_allclose(delta, np.broadcast_to(delta[0], delta.shape), atol=1e-5)
-    assert np.abs(delta[0]).max() > 0
+    for i, dim in enumerate(dims):
+        block = slice(i * k, (i + 1) * k)
+        precision, shift = factor_shift_system_given_means(params, groups, dim)
+        np.testing.assert_allclose(grad_given[block], shift, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(-hess_given[block, block], precision, rtol=1e-3, atol=1e-3)
+    assert np.all(np.diag(hess_given)[:k] < np.diag(hess)[:k] - 1.0)
+
+
+def test_factor_shift_draws_delta_then_the_means_from_their_conditionals(rich_problem):  # noqa: F811
+    spec, data, params, y, offset = rich_problem
+    groups, k = spec.structure.groups, spec.rank
+    g0, mu0 = spec.prior.gamma0, spec.prior.mu0
+    n_normals = factor_shift_normal_count(k, len(groups), collapsed=True)
+    assert n_normals == 2 * k + len(groups) - 1
+
+    def draw(z):
+        return factor_shift(params, groups, "user", z, g0, mu0, collapsed=True)
+
+    zero = draw(jnp.zeros(n_normals))
+    # a draw moves the entity's factors by one common vector, the others' weights back
+    delta0 = np.asarray(zero["v_user"] - params["v_user"])
+    np.testing.assert_allclose(delta0, np.broadcast_to(delta0[0], delta0.shape), atol=1e-5)
+    np.testing.assert_allclose(zero["v_item"], params["v_item"])
+    precision, shift = factor_shift_system(params, groups, "user", g0, mu0)
+    cov = np.linalg.inv(np.asarray(precision, np.float64))
+    np.testing.assert_allclose(delta0[0], cov @ np.asarray(shift), rtol=1e-3, atol=1e-4)
+    # delta's noise: unit normals e_j give the columns of L^-T, so their outer sum is P^-1
+    cols = np.stack(
+        [
+            np.asarray(draw(jnp.eye(n_normals)[j])["v_user"][0] - zero["v_user"][0])
+            for j in range(k)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(cols @ cols.T, cov, rtol=1e-3, atol=1e-5)
+    # the moved means sit at the mode of the model's density given the moved values, and a
+    # unit normal puts them one conditional sd away
+    means = ["v_mu_user"] + [f"w_mu_{g}" for g in groups if g != "user"]
+    untouched = [f"v_mu_{g}" for g in groups if g != "user"] + ["w_mu_user"]
+
+    def log_density_in(name, p):
+        return lambda m: _model_log_density(spec, data, offset, y, {**p, name: m})
+
+    for i, name in enumerate(means):
+        at = jnp.asarray(zero[name])
+        grad = jax.grad(log_density_in(name, zero))(at)
+        curvature = -jnp.diagonal(jnp.atleast_2d(jax.hessian(log_density_in(name, zero))(at)))
+        np.testing.assert_allclose(grad, 0.0, atol=2e-3 * float(jnp.max(curvature)))
+        slot = list(range(k, 2 * k)) if name == "v_mu_user" else [2 * k + i - 1]
+        z = jnp.zeros(n_normals).at[jnp.array(slot)].set(1.0)
+        np.testing.assert_allclose(
+            np.asarray(draw(z)[name]) - np.asarray(at), 1.0 / np.sqrt(curvature), rtol=1e-3
+        )
+    for name in untouched:
+        np.testing.assert_array_equal(zero[name], params[name])
+
+
+def test_a_sweep_with_the_collapsed_factor_shift_counts_its_variates(rich_problem, monkeypatch):  # noqa: F811
+    """The sweep hands out exactly the normals it counted, with the collapsed shift on or
+    off (the count is checked while tracing, so no program is compiled)."""
+    from bayesfm import gibbs
+
+    spec, data, params, y, offset = rich_problem
+    for collapsed in (True, False):
+        monkeypatch.setattr(gibbs, "COLLAPSED_FACTOR_SHIFT", collapsed)
+        out = jax.eval_shape(
+            lambda p, key: gibbs.gibbs_sweep(p, data, offset, y, key, spec),
+            params,
+            jax.random.PRNGKey(0),
+        )
+        assert {k: v.shape for k, v in out.items() if k in params} == {
+            k: jnp.shape(v) for k, v in params.items()
+        }
+
+
+def test_the_default_factor_shift_is_drawn_given_the_means(rich_problem):  # noqa: F811
+    spec, data, params, y, offset = rich_problem
+    groups, k = spec.structure.groups, spec.rank
+    g0, mu0 = spec.prior.gamma0, spec.prior.mu0
+    assert factor_shift_normal_count(k, len(groups)) == k
+    precision, shift = factor_shift_system_given_means(params, groups, "item")
+    cov = np.linalg.inv(np.asarray(precision, np.float64))
+    zero = factor_shift(params, groups, "item", jnp.zeros(k), g0, mu0)
+    delta = np.asarray(zero["v_item"][0] - params["v_item"][0])
+    np.testing.assert_allclose(delta, cov @ np.asarray(shift), rtol=1e-3, atol=1e-4)
+    for g in groups:
+        np.testing.assert_array_equal(zero[f"w_mu_{g}"], params[f"w_mu_{g}"])
+        np.testing.assert_array_equal(zero[f"v_mu_{g}"], params[f"v_mu_{g}"])
