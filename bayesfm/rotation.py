@@ -132,6 +132,7 @@ def rotate_factors(
     gram = jnp.stack([t.T @ t for t in padded])
     sums = jnp.stack([t.sum(0) for t in padded])
     steps = len(ROTATION_SCALES)
+    scales = jnp.asarray([np.nan if sc is None else sc for sc in ROTATION_SCALES], jnp.float32)
     z = normals.reshape(rounds.shape[0], rounds.shape[1], steps, 2)
 
     def log_target(gram, sums, f, h, theta):
@@ -145,16 +146,26 @@ def rotate_factors(
         f, h = pairs[:, 0], pairs[:, 1]
         theta = jnp.zeros(f.shape)
         lp = log_target(gram, sums, f, h, theta)
-        for i, scale in enumerate(ROTATION_SCALES):
-            if scale is None:  # a uniform turn in (-pi/2, pi/2): Phi(z) is uniform
-                proposal = theta + jnp.pi * (ndtr(z_round[:, i, 0]) - 0.5)
-            else:
-                proposal = theta + scale * z_round[:, i, 0]
+
+        # the steps run in a loop, not unrolled: each unrolled log target is compiled again
+        # (MovieLens ua MF, 200 sweeps, 2-core CPU, four fits each: compile 3.4-3.5 s ->
+        # 2.8-3.0 s, sampling 1.84-2.10 s -> 1.88-2.53 s, fit 6.05-6.61 s -> 5.63-6.32 s)
+        def step(i, state):
+            theta, lp, accepted = state
+            z_step = z_round[:, i]
+            # a uniform turn in (-pi/2, pi/2) where the scale is NaN: Phi(z) is uniform
+            uniform = jnp.isnan(scales[i])
+            increment = jnp.where(
+                uniform, jnp.pi * (ndtr(z_step[:, 0]) - 0.5), scales[i] * z_step[:, 0]
+            )
+            proposal = theta + increment
             lp_new = log_target(gram, sums, f, h, proposal)
-            accept = is_real & (log_ndtr(z_round[:, i, 1]) < lp_new - lp)
+            accept = is_real & (log_ndtr(z_step[:, 1]) < lp_new - lp)
             theta = jnp.where(accept, proposal, theta)
             lp = jnp.where(accept, lp_new, lp)
-            accepted = accepted + jnp.sum(accept)
+            return theta, lp, accepted + jnp.sum(accept)
+
+        theta, lp, accepted = jax.lax.fori_loop(0, steps, step, (theta, lp, accepted))
         r = _givens(size, f, h, theta)
         gram = jnp.einsum("ki,gkl,lj->gij", r, gram, r)
         return (gram, sums @ r, q @ r, accepted), None

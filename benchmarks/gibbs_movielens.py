@@ -547,11 +547,16 @@ def write_doc(results: dict, doc: Path) -> None:
         "collapsed_factor_shift",
         "the factor-mean shifts collapsed over the means they move (session 25, an A/B variant)",
     )
+    by_machine: dict[str, list[str]] = {}
+    for k, r in sorted(fits.items()):
+        by_machine.setdefault(r.get("machine", "not recorded"), []).append(f"`{k}`")
+    machines = "; ".join(f"{m}: {', '.join(keys)}" for m, keys in sorted(by_machine.items()))
     lines += [
         "",
         f"Sampler of these rows: ridge moves and entity over-relaxation -0.8; {with_rotation}"
         f"{exchange}{side}.",
         f"Loop: {loop}.",
+        f"Machine of these rows (the ratios compare two samplers on the same one): {machines}.",
     ]
     folds: dict[str, dict[str, list[float]]] = {}
     for r in fits.values():
