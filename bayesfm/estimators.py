@@ -501,21 +501,24 @@ class BayesianFM:
         probe = self.probe_
         n = len(X)
         c, d = self.draws_.num_chains, self.draws_.num_draws
-        full = self.encoder_.transform(pd.concat([X[cols], probe[cols]], ignore_index=True))
         pointwise = self.store_pointwise
+        # the training rows' latent values are needed only for the pointwise groups
+        scored = n if pointwise else 0
+        training = X[cols].iloc[:scored]
+        full = self.encoder_.transform(pd.concat([training, probe[cols]], ignore_index=True))
         loglik = np.empty((c * d, n), np.float32) if pointwise else None
         ppc = np.empty((c * d, n), np.float32) if pointwise else None
         probe_eta = np.empty((c * d, len(probe)), np.float32)
         engine = self._engine()
         for k, (start, stop, eta) in enumerate(engine.iter_latent(full, self.random_state)):
-            cut = min(max(n - start, 0), stop - start)  # rows of this chunk that are training
-            if pointwise and cut > 0:
+            cut = min(max(scored - start, 0), stop - start)  # rows of this chunk that are training
+            if cut > 0:
                 rows = slice(start, start + cut)
                 loglik[:, rows] = self._log_density(eta[:, :cut], y[rows])
                 rng = np.random.default_rng([self.random_state, k, 1])
                 ppc[:, rows] = self._predictive_draws(eta[:, :cut], rng)
             if cut < stop - start:
-                lo = max(start, n) - n
+                lo = max(start, scored) - scored
                 probe_eta[:, lo : lo + (stop - start - cut)] = self._expected(eta[:, cut:])
         probe_ds = xr.Dataset(
             {"probe": (("chain", "draw", "probe_cell"), probe_eta.reshape(c, d, -1))},

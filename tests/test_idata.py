@@ -118,6 +118,8 @@ def test_store_factors_false_keeps_idata_small_and_predictions_equal(toy_pair):
     assert "log_likelihood" not in light.idata_.groups()
     assert "posterior_predictive" not in light.idata_.groups()
     np.testing.assert_array_equal(full.predict(X), light.predict(X))
+    # the light fit computes only the probe cells, not the training rows; same values
+    np.testing.assert_array_equal(full.idata_.posterior["probe"], light.idata_.posterior["probe"])
     assert not light.diagnose().empty
     with pytest.raises(ValueError, match="store_pointwise=True"):
         bfm.loo(light)
