@@ -84,6 +84,7 @@ __all__ = [
     "GibbsState",
     "gibbs_plan",
     "gibbs_sweep",
+    "unroll_entity_draws",
     "draw_gaussian",
     "normal_gamma_draw",
     "normal_gamma_draws",
@@ -130,6 +131,12 @@ _SCALE_STEPS = 8
 # entries: each width is one more compiled scan body (about 0.5 s on a 2-core CPU), while
 # 8192 entries cost about 1-2 ms per sweep at rank 10, the same over a 200-sweep fit
 TERM_BLOCK_COST = 8192
+# entity blocks a fit must draw (sweeps x chains x levels) before its entity draws unroll
+# (unroll_entity_draws). Unrolling costs about 0.6 s more compile and saves 0.2-0.4 us per
+# block drawn (2-core CPU, rank 10, batches of 1,682 and 4 x 1,682), so it pays from about
+# 2 million blocks: MovieLens-100K MF at 200 sweeps and one chain draws 0.67 million, at
+# 4 x 700 sweeps 9.4 million
+ENTITY_UNROLL_MIN_DRAWS = 2_000_000
 
 
 class GibbsState(NamedTuple):
@@ -427,12 +434,16 @@ def _entity_system(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: 
     return precision, tau * shift + prec * mean
 
 
-def _update_entity(params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, normals, mesh):
+def _update_entity(
+    params, data, plan, offset, y, spec: ModelSpec, dim: str, n: int, normals, mesh, unroll
+):
     """Draw ``(w_u, v_u)`` of every level of entity ``dim`` at once, given standard
     ``normals`` (levels, 1 + rank)."""
     precision, shift = _entity_system(params, data, plan, offset, y, spec, dim, n, mesh)
     current = jnp.concatenate([params[f"w_{dim}"][:, None], params[f"v_{dim}"]], axis=1)
-    theta = gaussian_from_normals(precision, shift, normals, current, relax=ENTITY_RELAX)
+    theta = gaussian_from_normals(
+        precision, shift, normals, current, unroll=unroll, relax=ENTITY_RELAX
+    )
     return {**params, f"w_{dim}": theta[:, 0], f"v_{dim}": theta[:, 1:]}
 
 
@@ -448,20 +459,44 @@ def _entity_normal_count(spec: ModelSpec) -> int:
     return sum(n * width for _, n in entities)
 
 
-def _update_entities(params, data, plan, offset, y, spec: ModelSpec, variates, mesh):
+def unroll_entity_draws(spec: ModelSpec, num_sweeps: int, num_chains: int = 1) -> bool | None:
+    """Whether a fit of ``num_sweeps`` sweeps per chain should unroll its entity draws.
+
+    On the CPU the batched Cholesky of the entity draws compiles in about 0.1 s looped and
+    0.6-0.8 s unrolled, while each unrolled draw is faster by about 0.2-0.4 us per level
+    (:mod:`bayesfm.linalg`). So a fit unrolls once it draws more than
+    :data:`ENTITY_UNROLL_MIN_DRAWS` entity blocks in all. Off the CPU: ``None``, the
+    default of :mod:`bayesfm.linalg` (unrolled).
+    """
+    if jax.default_backend() != "cpu":
+        return None
+    entities = spec.structure.entities
+    if not entities:
+        return None
+    levels = sum(n for _, n in entities)
+    if _shares_entity_draw(spec):  # padded to the largest field
+        levels = len(entities) * max(n for _, n in entities)
+    return num_sweeps * num_chains * levels >= ENTITY_UNROLL_MIN_DRAWS
+
+
+def _update_entities(params, data, plan, offset, y, spec: ModelSpec, variates, mesh, unroll):
     """Draw every entity field in turn (users, then items, ...), each all levels at once.
 
-    The unrolled batched Gaussian draw is the largest program of a sweep (1.3-1.9 s to
-    compile on a 2-core CPU at rank 10). With several entities the fields go through one
-    ``fori_loop`` whose body picks the field's system with ``lax.switch``, so that draw is
-    compiled once; each field's system is padded to the largest field (identity precision,
-    zero shift: padded levels draw noise that is never stored).
+    With several entities the fields go through one ``fori_loop`` whose body picks the
+    field's system with ``lax.switch``, so that the batched Gaussian draw is compiled once;
+    each field's system is padded to the largest field (identity precision, zero shift:
+    padded levels draw noise that is never stored). Unrolled, that draw took 1.3-1.9 s to
+    compile (2-core CPU, rank 10); looped, as on the CPU now (:mod:`bayesfm.linalg`), a
+    draw per field compiled and sampled no faster than the shared one (MovieLens ua MF,
+    200 sweeps, two fits each: compile 2.5 s against 2.2-2.4 s).
     """
     entities, width = spec.structure.entities, 1 + spec.rank
     if not _shares_entity_draw(spec):
         for d, n in entities:
             normals = variates.normal((n, width))
-            params = _update_entity(params, data, plan, offset, y, spec, d, n, normals, mesh)
+            params = _update_entity(
+                params, data, plan, offset, y, spec, d, n, normals, mesh, unroll
+            )
         return params
     n_max = max(n for _, n in entities)
     normals = variates.normal((len(entities), n_max, width))
@@ -485,7 +520,9 @@ def _update_entities(params, data, plan, offset, y, spec: ModelSpec, variates, m
 
     def one_field(i, params):
         precision, shift, current = jax.lax.switch(i, systems, params)
-        theta = gaussian_from_normals(precision, shift, normals[i], current, relax=ENTITY_RELAX)
+        theta = gaussian_from_normals(
+            precision, shift, normals[i], current, unroll=unroll, relax=ENTITY_RELAX
+        )
         return jax.lax.switch(i, stores, params, theta)
 
     return jax.lax.fori_loop(0, len(entities), one_field, params)
@@ -710,10 +747,13 @@ def gibbs_sweep(
     key: jax.Array,
     spec: ModelSpec,
     mesh=None,
+    unroll_entities: bool | None = None,
 ) -> dict[str, jnp.ndarray]:
     """One full sweep over all blocks; returns the new site values (centred sites).
 
     ``mesh``: the device mesh the rows are sharded over (see :mod:`bayesfm.sharding`).
+    ``unroll_entities``: unroll the entity draws' batched Cholesky (see
+    :func:`unroll_entity_draws`; ``None``: the default of :mod:`bayesfm.linalg`).
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
@@ -730,7 +770,7 @@ def gibbs_sweep(
     if spec.task != "regression":
         # probit tasks: draw the utilities, then every block below is a unit-noise regression
         params, y = _augment(params, data, offset, y, spec, k_cut, k_util)
-    params = _update_entities(params, data, plan, offset, y, spec, variates, mesh)
+    params = _update_entities(params, data, plan, offset, y, spec, variates, mesh, unroll_entities)
     for term in structure.terms:
         normals = [
             variates.normal(b["levels"].shape + (1 + spec.rank,)) for b in plan["terms"][term.dim]
@@ -1023,6 +1063,10 @@ class FMGibbs(MCMCKernel):
     mesh : jax.sharding.Mesh, optional
         The mesh the training rows are sharded over (``gibbs_plan(..., n_shards)`` must
         match its size); per-level sums are then computed per device and added.
+    unroll_entities : bool, optional
+        Unroll the batched Cholesky of the entity draws: slower to compile, faster per
+        sweep. ``None``: the default of :mod:`bayesfm.linalg`. The estimators pass
+        :func:`unroll_entity_draws` of the fit's length.
 
     Raises
     ------
@@ -1047,7 +1091,7 @@ class FMGibbs(MCMCKernel):
 
     sample_field = "z"
 
-    def __init__(self, spec: ModelSpec, mesh=None):
+    def __init__(self, spec: ModelSpec, mesh=None, unroll_entities: bool | None = None):
         if spec.task == "binary" and spec.link != "probit":
             raise ValueError(
                 f"link: got {spec.link!r}; the Gibbs sampler needs link='probit' for the "
@@ -1056,6 +1100,7 @@ class FMGibbs(MCMCKernel):
         self.spec = replace(spec, prior=replace(spec.prior, parametrization="centered"))
         self._model = partial(fm_model, spec=self.spec)
         self.mesh = mesh
+        self.unroll_entities = unroll_entities
 
     @property
     def model(self):
@@ -1072,5 +1117,7 @@ class FMGibbs(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         data, offset, y = model_args
         key, k_sweep = jax.random.split(state.rng_key)
-        z = gibbs_sweep(state.z, data, offset, y, k_sweep, self.spec, self.mesh)
+        z = gibbs_sweep(
+            state.z, data, offset, y, k_sweep, self.spec, self.mesh, self.unroll_entities
+        )
         return GibbsState(z, key)

@@ -450,3 +450,45 @@ def test_scale_exchange_keeps_predictions_and_its_orbit_target():
     sd = np.sqrt((p * (t - mean) ** 2).sum(0))
     assert np.all(np.abs(path.mean(0) - mean) < 0.1 * sd), (path.mean(0), mean, sd)
     np.testing.assert_allclose(path.std(0), sd, rtol=0.1)
+
+
+def test_entity_draws_unroll_only_for_long_fits(rich_problem, monkeypatch):
+    """Unrolling costs compile time once and saves time per drawn block: short fits loop,
+    long ones unroll, off the CPU the linalg default stands."""
+    import bayesfm.gibbs as gibbs
+
+    spec = rich_problem[0]
+    levels = 2 * max(n for _, n in spec.structure.entities)  # shared draw: padded
+    needed = gibbs.ENTITY_UNROLL_MIN_DRAWS
+    assert gibbs.unroll_entity_draws(spec, needed // levels - 1) is False
+    assert gibbs.unroll_entity_draws(spec, -(-needed // (4 * levels)), num_chains=4) is True
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert gibbs.unroll_entity_draws(spec, 10**9) is None
+
+
+def test_sweep_is_the_same_map_with_unrolled_or_looped_entity_draws(rich_problem, monkeypatch):
+    """The switch reaches the entity draws and changes only how they are computed."""
+    import bayesfm.gibbs as gibbs
+    from bayesfm import linalg
+
+    spec, data, params, y, offset = rich_problem
+    seen = []
+    draw = linalg.gaussian_from_normals
+
+    def recording(*args, unroll=None, **kwargs):
+        seen.append(unroll)
+        return draw(*args, unroll=unroll, **kwargs)
+
+    monkeypatch.setattr(gibbs, "gaussian_from_normals", recording)
+    key = jax.random.PRNGKey(4)
+    out = {}
+    for unroll in (True, False):
+        seen.clear()
+        sweep = jax.jit(partial(gibbs.gibbs_sweep, spec=spec, unroll_entities=unroll))
+        out[unroll] = sweep(params, data, offset, y, key)
+        assert unroll in seen  # the entity draw got it (the other draws take the default)
+    assert out[True].keys() == out[False].keys()
+    for site in out[True]:
+        np.testing.assert_allclose(
+            out[True][site], out[False][site], rtol=2e-4, atol=2e-4, err_msg=site
+        )
