@@ -159,7 +159,7 @@ def test_term_scan_carries_its_sums_across_blocks(rich_problem, monkeypatch):
         update = jax.jit(
             lambda p, term=term, normals=normals: gibbs._update_term(
                 p, data, data["gibbs"], offset, y, spec, term, normals, None
-            )
+            )[0]
         )
         p = params
         for _ in range(200):
@@ -492,3 +492,45 @@ def test_sweep_is_the_same_map_with_unrolled_or_looped_entity_draws(rich_problem
         np.testing.assert_allclose(
             out[True][site], out[False][site], rtol=2e-4, atol=2e-4, err_msg=site
         )
+
+
+def test_blocks_carry_the_per_row_sums_the_predictor_would_give(rich_problem):
+    """The sweep carries (lin, s, q) from block to block instead of recomputing the
+    predictor: after every entity and term update they must equal the recomputed sums."""
+    import bayesfm.gibbs as gibbs
+    from bayesfm.fm import fm_components
+
+    spec, data, params, y, offset = rich_problem
+    plan, structure = data["gibbs"], spec.structure
+    key = jax.random.PRNGKey(6)
+
+    def check(params, rows, after):
+        want = fm_components(params, data, structure)
+        for name, got, expected in zip(("lin", "s", "q"), rows, want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=name + after)
+
+    @jax.jit
+    def entities(params, rows, key):  # the shared loop over both entity fields
+        variates = gibbs._Variates(key, gibbs._entity_normal_count(spec), jnp.ones(1))
+        return gibbs._update_entities(
+            params, data, plan, offset, y, spec, variates, None, None, rows
+        )
+
+    rows = fm_components(params, data, structure)
+    params, rows = entities(params, rows, key)
+    check(params, rows, " after the entities")
+    for term in structure.terms:
+        key, sub = jax.random.split(key)
+        normals = [
+            jax.random.normal(jax.random.fold_in(sub, i), (*b["levels"].shape, 1 + RANK))
+            for i, b in enumerate(plan["terms"][term.dim])
+        ]
+        update = jax.jit(
+            lambda p, r, term=term, normals=normals: gibbs._update_term(
+                p, data, plan, offset, y, spec, term, normals, None, r
+            )
+        )
+        moved, rows = update(params, rows)
+        assert not np.allclose(moved[f"v_{term.dim}"], params[f"v_{term.dim}"])
+        params = moved
+        check(params, rows, " after " + term.dim)
