@@ -493,9 +493,29 @@ def unroll_entity_draws(spec: ModelSpec, num_sweeps: int, num_chains: int = 1) -
 
     On the CPU the batched Cholesky of the entity draws compiles in about 0.1 s looped and
     0.6-0.8 s unrolled, while each unrolled draw is faster by about 0.2-0.4 us per level
-    (:mod:`bayesfm.linalg`). So a fit unrolls once it draws more than
-    :data:`ENTITY_UNROLL_MIN_DRAWS` entity blocks in all. Off the CPU: ``None``, the
-    default of :mod:`bayesfm.linalg` (unrolled).
+    (:mod:`bayesfm.linalg`). So a fit unrolls once it draws at least
+    :data:`ENTITY_UNROLL_MIN_DRAWS` entity blocks in all.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model (its entity fields and their sizes).
+    num_sweeps : int
+        Sweeps per chain, warmup included.
+    num_chains : int, default 1
+        Chains run.
+
+    Returns
+    -------
+    bool or None
+        On the CPU, whether to unroll; off the CPU ``None``, the default of
+        :mod:`bayesfm.linalg` (unrolled). ``None`` also without entity fields.
+
+    Examples
+    --------
+    >>> from bayesfm.gibbs import unroll_entity_draws
+    >>> unroll_entity_draws(model.spec_, num_sweeps=10)
+    False
     """
     if jax.default_backend() != "cpu":
         return None
