@@ -516,9 +516,13 @@ class BayesianFM:
             cut = min(max(scored - start, 0), stop - start)  # rows of this chunk that are training
             if cut > 0:
                 rows = slice(start, start + cut)
-                loglik[:, rows] = self._log_density(eta[:, :cut], y[rows])
                 rng = np.random.default_rng([self.random_state, k, 1])
-                ppc[:, rows] = self._predictive_draws(eta[:, :cut], rng)
+                # the ordinal task's class probabilities serve both groups
+                lps = None
+                if self.task == "ordinal":
+                    lps = engine.class_log_probs(eta[:, :cut])
+                loglik[:, rows] = self._log_density(eta[:, :cut], y[rows], lps)
+                ppc[:, rows] = self._predictive_draws(eta[:, :cut], rng, lps)
             if cut < stop - start:
                 lo = max(start, scored) - scored
                 probe_eta[:, lo : lo + (stop - start - cut)] = self._expected(eta[:, cut:])
@@ -629,8 +633,13 @@ class BayesianFM:
                 )
         return self.encoder_.transform(X)
 
-    def _predictive_draws(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Observation-level draws given latent means ``eta`` (draws, rows)."""
+    def _predictive_draws(
+        self, eta: np.ndarray, rng: np.random.Generator, log_probs: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Observation-level draws given latent means ``eta`` (draws, rows).
+
+        ``log_probs``: the ordinal task's class log-probabilities of ``eta``, if at hand.
+        """
         engine = self._engine()
         if self.task == "regression":
             # in place and in float32: the pointwise groups of a default fit draw 10^8 of these
@@ -640,7 +649,7 @@ class BayesianFM:
             return draws
         if self.task == "binary":
             return (rng.random(eta.shape) < engine.success_prob(eta)).astype(np.float32)
-        probs = np.exp(engine.class_log_probs(eta))
+        probs = np.exp(engine.class_log_probs(eta) if log_probs is None else log_probs)
         u = rng.random(eta.shape)[..., None]
         cls = np.minimum((np.cumsum(probs, -1) < u).sum(-1), len(self.classes_) - 1)
         return self.classes_[cls].astype(np.float32)
@@ -663,8 +672,13 @@ class BayesianFM:
             return engine.success_prob(eta)
         return np.exp(engine.class_log_probs(eta)) @ self.classes_.astype(np.float32)
 
-    def _log_density(self, eta: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """log p(y | draw) for each draw and row; ``y`` on the original label scale."""
+    def _log_density(
+        self, eta: np.ndarray, y: np.ndarray, log_probs: np.ndarray | None = None
+    ) -> np.ndarray:
+        """log p(y | draw) for each draw and row; ``y`` on the original label scale.
+
+        ``log_probs``: the ordinal task's class log-probabilities of ``eta``, if at hand.
+        """
         engine = self._engine()
         if self.task == "regression":
             # norm.logpdf in float32 and in place (scipy's takes float64 and 4x the time)
@@ -678,7 +692,7 @@ class BayesianFM:
         if self.task == "binary":
             p = np.clip(engine.success_prob(eta).astype(np.float64), 1e-12, 1 - 1e-12)
             return np.where(y[None] == 1, np.log(p), np.log1p(-p)).astype(np.float32)
-        lps = engine.class_log_probs(eta)
+        lps = engine.class_log_probs(eta) if log_probs is None else log_probs
         cls = np.searchsorted(self.classes_, y)[None, :, None]
         return np.take_along_axis(lps, np.broadcast_to(cls, (*eta.shape, 1)), -1)[..., 0]
 

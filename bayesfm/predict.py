@@ -79,6 +79,16 @@ def _rows_batch(tables, data, offset, *, spec: ModelSpec):
     return jax.vmap(one)(*tables)
 
 
+@jax.jit
+def _class_log_probs(eta, cutpoints):
+    """Ordered-probit class log-probabilities per draw (rows of ``eta`` and ``cutpoints``).
+
+    Compiled: dispatched op by op, each chunk of a fit's pointwise groups took about 0.1 s
+    (MovieLens-100K u1, 50 draws: 4.1 s for the InferenceData of an ordinal fit).
+    """
+    return jax.vmap(ordered_probit_log_probs)(eta, cutpoints)
+
+
 @dataclass
 class PredictiveEngine:
     """Computes latent means and predictive draws for encoded tables.
@@ -226,7 +236,7 @@ class PredictiveEngine:
     def class_log_probs(self, eta: np.ndarray) -> np.ndarray:
         """Per-draw class log-probabilities for the ordinal task, ``eta.shape + (C,)``."""
         cut = self.samples["cutpoints"].reshape(-1, self.spec.n_classes - 1)
-        return np.asarray(jax.vmap(ordered_probit_log_probs)(jnp.asarray(eta), jnp.asarray(cut)))
+        return np.asarray(_class_log_probs(jnp.asarray(eta), jnp.asarray(cut)))
 
     def success_prob(self, eta: np.ndarray) -> np.ndarray:
         """P(y = 1 | draw) for the binary task."""
