@@ -145,10 +145,15 @@ ENTITY_UNROLL_MIN_DRAWS = 2_000_000
 
 
 class GibbsState(NamedTuple):
-    """State of the Gibbs chain: the current values of all sites, and the random key."""
+    """State of the Gibbs chain: the current values of all sites, and the random key.
+
+    ``latent``: with ``FMGibbs(collect_latent=True)``, each training row's latent predictor
+    at the current values (what :mod:`bayesfm.predict` would compute from ``z``); else None.
+    """
 
     z: dict[str, jnp.ndarray]
     rng_key: jax.Array
+    latent: jnp.ndarray | None = None
 
 
 class _Variates:
@@ -810,12 +815,14 @@ def gibbs_sweep(
     spec: ModelSpec,
     mesh=None,
     unroll_entities: bool | None = None,
-) -> dict[str, jnp.ndarray]:
+    with_latent: bool = False,
+) -> dict[str, jnp.ndarray] | tuple[dict[str, jnp.ndarray], jnp.ndarray]:
     """One full sweep over all blocks; returns the new site values (centred sites).
 
     ``mesh``: the device mesh the rows are sharded over (see :mod:`bayesfm.sharding`).
     ``unroll_entities``: unroll the entity draws' batched Cholesky (see
     :func:`unroll_entity_draws`; ``None``: the default of :mod:`bayesfm.linalg`).
+    ``with_latent``: also return every row's latent predictor at the new values.
     """
     structure, prior = spec.structure, spec.prior
     plan = data["gibbs"]
@@ -907,8 +914,11 @@ def gibbs_sweep(
     if spec.task == "ordinal":
         for d, _ in structure.entities:
             params = _cutpoint_shift(params, spec, d, variates.normal())
+    latent = None
     if spec.task == "regression":
         resid, *_ = _residual(params, data, offset, y, structure)
+        # no move below changes a prediction: the noise step's residual gives the latent
+        latent = y - resid
         if "row_mask" in data:  # padded rows add nothing
             resid = resid * data["row_mask"]
         rate = prior.noise_beta + 0.5 * jnp.sum(resid * resid)
@@ -916,7 +926,12 @@ def gibbs_sweep(
         params["noise_precision"] = tau
         params["sigma"] = 1.0 / jnp.sqrt(tau)
     variates.check_all_used()
-    return params
+    if not with_latent:
+        return params
+    if latent is None:  # the probit tasks: y holds the utilities, not the labels
+        resid, *_ = _residual(params, data, offset, y, structure)
+        latent = y - resid
+    return params, latent
 
 
 def _rotates(spec: ModelSpec) -> bool:
@@ -1135,6 +1150,12 @@ class FMGibbs(MCMCKernel):
         Unroll the batched Cholesky of the entity draws: slower to compile, faster per
         sweep. ``None``: the default of :mod:`bayesfm.linalg`. The estimators pass
         :func:`unroll_entity_draws` of the fit's length.
+    collect_latent : bool, default False
+        Keep each training row's latent predictor after every sweep in the state's
+        ``latent`` field, so that a driver can collect it with the draws
+        (:func:`bayesfm.sweeps.run_kernel`'s ``extra_fields``). The sweep computes it anyway
+        for regression; the estimators use it for the pointwise InferenceData groups instead
+        of recomputing every draw's predictions afterwards.
 
     Raises
     ------
@@ -1159,7 +1180,13 @@ class FMGibbs(MCMCKernel):
 
     sample_field = "z"
 
-    def __init__(self, spec: ModelSpec, mesh=None, unroll_entities: bool | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        mesh=None,
+        unroll_entities: bool | None = None,
+        collect_latent: bool = False,
+    ):
         if spec.task == "binary" and spec.link != "probit":
             raise ValueError(
                 f"link: got {spec.link!r}; the Gibbs sampler needs link='probit' for the "
@@ -1169,6 +1196,7 @@ class FMGibbs(MCMCKernel):
         self._model = partial(fm_model, spec=self.spec)
         self.mesh = mesh
         self.unroll_entities = unroll_entities
+        self.collect_latent = collect_latent
 
     @property
     def model(self):
@@ -1180,12 +1208,27 @@ class FMGibbs(MCMCKernel):
         z = dict(init_params) if init_params is not None else initial_values(self.spec, k_init)
         if self.spec.task == "regression":
             z["sigma"] = 1.0 / jnp.sqrt(z["noise_precision"])
-        return GibbsState(z, k_run)
+        latent = None
+        if self.collect_latent:
+            _, _, y = model_args
+            latent = jnp.zeros(y.shape, jnp.float32)  # every sweep overwrites it
+        return GibbsState(z, k_run, latent)
 
     def sample(self, state, model_args, model_kwargs):
         data, offset, y = model_args
         key, k_sweep = jax.random.split(state.rng_key)
-        z = gibbs_sweep(
-            state.z, data, offset, y, k_sweep, self.spec, self.mesh, self.unroll_entities
+        out = gibbs_sweep(
+            state.z,
+            data,
+            offset,
+            y,
+            k_sweep,
+            self.spec,
+            self.mesh,
+            self.unroll_entities,
+            with_latent=self.collect_latent,
         )
-        return GibbsState(z, key)
+        if self.collect_latent:
+            z, latent = out
+            return GibbsState(z, key, latent)
+        return GibbsState(out, key)

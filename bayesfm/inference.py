@@ -297,6 +297,9 @@ class PosteriorDraws:
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     loss: np.ndarray | None = None
+    # the training rows' latent predictor per draw, (chain, draw, row), when the sampler
+    # kept it (Gibbs); only the fit's InferenceData reads it, and it is not saved
+    latent: np.ndarray | None = None
 
     @property
     def num_chains(self) -> int:
@@ -576,7 +579,9 @@ def run_gibbs(kernel: Any, args: tuple, cfg: GibbsConfig, rng_key: jax.Array) ->
 
     The draws are those of :class:`numpyro.infer.MCMC` with the same key; the loop is
     compiled with :data:`bayesfm.sweeps.CPU_COMPILER_OPTIONS` on CPU. The data travel as
-    arguments of the compiled program, not as constants.
+    arguments of the compiled program, not as constants. A kernel built with
+    ``collect_latent=True`` also hands back the training rows' latent predictor per draw
+    (``PosteriorDraws.latent``).
     """
     chain_method = "vectorized" if cfg.chain_method == "auto" else cfg.chain_method
     if cfg.num_chains == 1:
@@ -590,7 +595,8 @@ def run_gibbs(kernel: Any, args: tuple, cfg: GibbsConfig, rng_key: jax.Array) ->
     with compile_timer() as ct, warnings.catch_warnings():
         # the loop donates its carry; buffers it cannot reuse only cost a copy
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        samples = run_kernel(
+        extra = ("latent",) if getattr(kernel, "collect_latent", False) else ()
+        out = run_kernel(
             kernel,
             args,
             rng_key,
@@ -601,13 +607,15 @@ def run_gibbs(kernel: Any, args: tuple, cfg: GibbsConfig, rng_key: jax.Array) ->
             vectorized=chain_method != "sequential",
             chain_devices=devices,
             progress_bar=cfg.progress_bar,
+            extra_fields=extra,
         )
+    samples, latent = (out[0], out[1]["latent"]) if extra else (out, None)
     timings: dict[str, Any] = {
         "gibbs_compile_s": ct["compile_s"],
         "gibbs_total_s": time.perf_counter() - t0,
         "chain_method": chain_method,
     }
-    return PosteriorDraws(samples, "gibbs", {}, timings)
+    return PosteriorDraws(samples, "gibbs", {}, timings, latent=latent)
 
 
 def config_to_dict(cfg: InferenceConfig) -> dict[str, Any]:

@@ -143,12 +143,16 @@ class PredictiveEngine:
             out["w0"] = np.zeros(c * d, np.float32)
         return out
 
+    def chunk_size_for(self, n_rows: int) -> int:
+        """Rows per chunk of :meth:`chunks` for a table of ``n_rows`` rows."""
+        return min(self.chunk_size, _bucket(n_rows))
+
     def chunks(self, enc: Encoded) -> Iterator[tuple[int, int, dict]]:
         """Yield ``(start, stop, arrays)`` with rows padded to ``chunk_size``."""
         row_terms = [t.dim for t in self.spec.structure.terms if t.carrier == ROW]
         full = enc.arrays(term_pad=True)
         n = enc.n_rows
-        size = min(self.chunk_size, _bucket(n))
+        size = self.chunk_size_for(n)
         for start in range(0, n, size):
             stop = min(start + size, n)
             data = {"entity": {}, "terms": dict(full["terms"])}

@@ -53,7 +53,8 @@ def run_kernel(
     chain_devices: int = 1,
     progress_bar: bool = False,
     compiler_options: dict[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
+    extra_fields: tuple[str, ...] = (),
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Initialize and run ``kernel`` for ``num_warmup + num_samples * thinning`` sweeps.
 
     Parameters
@@ -78,11 +79,15 @@ def run_kernel(
         Show a progress bar per chain (the loop then returns to Python 20 times).
     compiler_options : dict, optional
         XLA options of the program; default :func:`default_compiler_options`.
+    extra_fields : tuple of str, default ()
+        Other fields of the kernel's state to collect at the kept sweeps, as
+        ``MCMC(...).get_extra_fields()`` does (each an array).
 
     Returns
     -------
-    dict of str to numpy.ndarray
-        The collected field, each site shaped ``(chain, draw, ...)``.
+    dict of str to numpy.ndarray, or a pair of them
+        The collected field, each site shaped ``(chain, draw, ...)``; with
+        ``extra_fields``, also the extra fields by name, shaped the same way.
     """
     total = num_warmup + num_samples * thinning
     # one chain keeps its key; a host-side axis compiles nothing
@@ -111,14 +116,15 @@ def run_kernel(
     )
     init = partial(_init, kernel, num_warmup=num_warmup, batched=batch > 1)
     shapes = jax.eval_shape(init, keys[:batch], model_args)
-    field = kernel.sample_field
+    fields = (kernel.sample_field, *extra_fields)
     stops = _chunk_stops(total, _PROGRESS_CHUNKS if progress_bar else 1)
     runs = []
     for first in range(0, num_chains, batch):
         # host zeros: stand-ins that the first call replaces with the kernel's initial state
         state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         collection = jax.tree.map(
-            lambda s: np.zeros((num_samples, *s.shape), s.dtype), getattr(shapes, field)
+            lambda s: np.zeros((num_samples, *s.shape), s.dtype),
+            {f: getattr(shapes, f) for f in fields},
         )
         bar = _progress(total, first, batch) if progress_bar else None
         start = 0
@@ -134,8 +140,12 @@ def run_kernel(
             bar.close()
         runs.append(jax.tree.map(np.asarray, collection))
     if batch > 1:  # (draw, chain, ...) -> (chain, draw, ...), laid out as a loaded fit's
-        return {k: np.ascontiguousarray(np.swapaxes(v, 0, 1)) for k, v in runs[0].items()}
-    return {k: np.stack([run[k] for run in runs]) for k in runs[0]}
+        out = jax.tree.map(lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1)), runs[0])
+    else:
+        out = jax.tree.map(lambda *chains: np.stack(chains), *runs)
+    if not extra_fields:
+        return out[kernel.sample_field]
+    return out[kernel.sample_field], {f: out[f] for f in extra_fields}
 
 
 def _init(kernel, keys, model_args, *, num_warmup: int, batched: bool):
@@ -176,7 +186,7 @@ def _run_sweeps(
         kept = jax.tree.map(
             lambda c, x: jax.lax.dynamic_update_index_in_dim(c, x, slot, 0),
             kept,
-            getattr(s, kernel.sample_field),
+            {f: getattr(s, f) for f in kept},
         )
         return s, kept
 

@@ -104,6 +104,9 @@ class Settings:
     nuts_samples: int = 300
     nuts_init_svi: int = 1500
     rows: int | None = None  # truncate train/test (quick mode)
+    # Gibbs chains of bayesfm; myFM runs as many chains (seeds 0, 1, ...) one after the
+    # other and pools their kept samples
+    chains: int = 1
 
     @classmethod
     def quick(cls) -> Settings:
@@ -179,7 +182,7 @@ def synthetic_movielens(seed: int, n: int = 3000):
 # ------------------------------------------------------------------------- systems
 def bayesfm_model(bfm, features: str, method: str, s: Settings, seed: int = 0, split: str = "ua"):
     if method == "gibbs":
-        inf = bfm.GibbsConfig(num_warmup=s.sweeps - s.kept, num_samples=s.kept, num_chains=1)
+        inf = bfm.GibbsConfig(num_warmup=s.sweeps - s.kept, num_samples=s.kept, num_chains=s.chains)
     elif method == "svi":
         inf = bfm.SVIConfig(num_steps=s.svi_steps, num_samples=s.svi_draws)
     else:
@@ -253,25 +256,29 @@ def run_myfm(system: str, train, test, s: Settings) -> dict:
     ordinal = features == "fm_full"
     y_train = train["rating"].to_numpy()
     if ordinal:  # classes 0..4 for the 1..5 stars, as myFM's ordered probit wants
-        fm = myfm.MyFMOrderedProbit(rank=10, random_seed=0)
         y_train = (y_train - 1).astype(np.int32)
     else:
-        fm = myfm.MyFMRegressor(rank=10, random_seed=0)
         y_train = y_train.astype(float)
-    t0 = time.perf_counter()
-    fm.fit(
-        x_tr,
-        y_train,
-        X_rel=rel_tr,
-        n_iter=s.sweeps,
-        n_kept_samples=s.kept,
-        group_shapes=shapes,
-    )
-    fit_s = time.perf_counter() - t0
+    fit_s, fms = 0.0, []
+    for seed in range(s.chains):  # one chain per seed, one after the other
+        model = myfm.MyFMOrderedProbit if ordinal else myfm.MyFMRegressor
+        fm = model(rank=10, random_seed=seed)
+        t0 = time.perf_counter()
+        fm.fit(
+            x_tr,
+            y_train,
+            X_rel=rel_tr,
+            n_iter=s.sweeps,
+            n_kept_samples=s.kept,
+            group_shapes=shapes,
+        )
+        fit_s += time.perf_counter() - t0
+        fms.append(fm)
     y = test["rating"].to_numpy(float)
     t0 = time.perf_counter()
     if ordinal:
-        proba = fm.predict_proba(x_te, rel_te)  # averaged over the kept samples
+        # each run's average over its kept samples; the runs keep as many samples each
+        proba = np.mean([fm.predict_proba(x_te, rel_te) for fm in fms], axis=0)
         stars = np.arange(1, proba.shape[1] + 1)
         mean = proba @ stars
         predict_s = time.perf_counter() - t0
@@ -286,13 +293,17 @@ def run_myfm(system: str, train, test, s: Settings) -> dict:
             )
             for p in (0.5, 0.9)
         }
-        draws = len(fm.predictor_.samples)
+        draws = sum(len(fm.predictor_.samples) for fm in fms)
     else:
-        mean = fm.predict(x_te, rel_te)
+        mean = np.mean([fm.predict(x_te, rel_te) for fm in fms], axis=0)
         predict_s = time.perf_counter() - t0
         # the predictive distribution from the kept samples and their noise precisions
-        eta = np.stack([sample.predict_score(x_te, rel_te) for sample in fm.predictor_.samples])
-        alpha = fm.get_hyper_trace()["alpha"].to_numpy()[-len(eta) :]
+        eta = np.stack(
+            [sample.predict_score(x_te, rel_te) for fm in fms for sample in fm.predictor_.samples]
+        )
+        alpha = np.concatenate(
+            [fm.get_hyper_trace()["alpha"].to_numpy()[-len(fm.predictor_.samples) :] for fm in fms]
+        )
         sd = 1.0 / np.sqrt(alpha)[:, None]
         lpd = logsumexp(norm.logpdf(y[None], eta, sd), axis=0) - np.log(len(eta))
         rng = np.random.default_rng(0)

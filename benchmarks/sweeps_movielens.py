@@ -45,12 +45,20 @@ def _args() -> argparse.Namespace:
     p.add_argument("--splits", nargs="+", choices=FOLDS, default=list(FOLDS))
     p.add_argument("--sweeps", type=int, default=512, help="total sweeps of each sampler")
     p.add_argument("--burn-in", type=int, default=100, help="sweeps dropped before keeping")
+    p.add_argument(
+        "--chains",
+        type=int,
+        default=1,
+        help="bayesfm's Gibbs chains (one program), and myFM's runs (seeds 0, 1, ...)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, synthetic if no data")
     p.add_argument("--doc-only", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweeps.json"))
     p.add_argument("--suite", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks_sweeps.md"))
     args = p.parse_args()
+    if args.chains < 1:
+        p.error(f"--chains must be >= 1, got {args.chains}")
     if not 0 <= args.burn_in < args.sweeps:
         p.error(
             f"--burn-in must be in [0, --sweeps), got {args.burn_in} with --sweeps {args.sweeps}"
@@ -75,9 +83,10 @@ def main() -> None:
     if args.quick:
         # one feature set on one split: the script's own code (every system is the suite's)
         s, args.splits, args.features = Settings.quick(), args.splits[:1], args.features[:1]
+        s.chains = args.chains
         compile_for_smoke_run()
     else:
-        s = Settings(sweeps=args.sweeps, kept=args.sweeps - args.burn_in)
+        s = Settings(sweeps=args.sweeps, kept=args.sweeps - args.burn_in, chains=args.chains)
 
     save = row_saver(results, out, persist=not args.quick)
 
@@ -87,13 +96,15 @@ def main() -> None:
             ref = run_system(bfm, f"myfm/{features}", train, test, s)
             row = run_system(bfm, f"bayesfm/{features}/gibbs", train, test, s)
             _add_ratio(row, ref)
+            chains = f"/x{s.chains}" if s.chains > 1 else ""
             save(
-                f"{features}/{s.sweeps}/{split}",
+                f"{features}/{s.sweeps}{chains}/{split}",
                 {
                     "features": features,
                     "split": split,
                     "sweeps": s.sweeps,
                     "kept": s.kept,
+                    "chains": s.chains,
                     "bayesfm": row,
                     "myfm": ref,
                     # the probit tasks' scale move joined the Gibbs sampler in session 21
@@ -136,6 +147,11 @@ def _sampler(row: dict) -> str:
     return "with scale move" if row.get("probit_scale_move") else "before scale move"
 
 
+def _chains(row: dict) -> int:
+    """Chains of a row (rows before the option ran one)."""
+    return row.get("chains", 1)
+
+
 def _mean_sd(values: list[float], spec: str) -> str:
     return f"{np.mean(values):{spec}} ({np.std(values):{spec}})"
 
@@ -161,28 +177,31 @@ def write_doc(results: dict, suite: dict, doc: Path) -> None:
         f"- date: {date.today().isoformat()}; {machine_line(rows.values())}; "
         f"JAX backend {jax.default_backend()}",
         f"- bayesfm {bayesfm.__version__}, jax {jax.__version__}, myFM {myfm_version}",
-        "- rank 10, one chain; both samplers run the same sweeps and keep the same last sweeps,",
-        "  one after the other in the same process. The 200-sweep rows are the suite's",
-        "  ([benchmarks.md](benchmarks.md)); the longer runs are this script's.",
+        "- rank 10; both samplers run the same sweeps and keep the same last sweeps, one after",
+        "  the other in the same process. `chains`: bayesfm's Gibbs chains (all in one",
+        "  compiled program) and as many myFM runs (seeds 0, 1, ..., one after the other);",
+        "  each pools its chains' kept samples into one posterior predictive. The 200-sweep",
+        "  rows are the suite's ([benchmarks.md](benchmarks.md)); the longer runs are this",
+        "  script's.",
         *(f"- `{k}`: {v}" for k, v in FEATURE_TEXT.items() if k in FEATURES),
         "- ratio = bayesfm time / myFM time (same run, same split); `sampling`: the sampler",
         "  alone, `incl.`: the whole `fit` with JAX compilation and InferenceData.",
         "",
         "## Mean (sd) over the folds u1-u5",
         "",
-        "| features | sweeps (kept) | sampler | folds | bayesfm RMSE | myFM RMSE "
+        "| features | sweeps (kept) | chains | sampler | folds | bayesfm RMSE | myFM RMSE "
         "| bayesfm cov 90% | myFM cov 90% | bayesfm fit s | myFM fit s | ratio sampling "
         "| ratio incl. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, int, str], list[dict]] = {}
+    groups: dict[tuple[str, int, int, str], list[dict]] = {}
     for r in rows.values():
-        groups.setdefault((r["features"], r["sweeps"], _sampler(r)), []).append(r)
-    for (features, sweeps, sampler), rs in sorted(groups.items()):
+        groups.setdefault((r["features"], r["sweeps"], _chains(r), _sampler(r)), []).append(r)
+    for (features, sweeps, chains, sampler), rs in sorted(groups.items()):
         b = [r["bayesfm"] for r in rs]
         m = [r["myfm"] for r in rs]
         lines.append(
-            f"| {features} | {sweeps} ({rs[0]['kept']}) | {sampler} | {len(rs)} "
+            f"| {features} | {sweeps} ({rs[0]['kept']}) | {chains} | {sampler} | {len(rs)} "
             f"| {_mean_sd([x['rmse'] for x in b], '.4f')} "
             f"| {_mean_sd([x['rmse'] for x in m], '.4f')} "
             f"| {np.mean([x['cov90'] for x in b]):.3f} | {np.mean([x['cov90'] for x in m]):.3f} "
@@ -194,15 +213,17 @@ def write_doc(results: dict, suite: dict, doc: Path) -> None:
         "",
         "## Per fold",
         "",
-        "| features | split | sweeps (kept) | sampler | bayesfm RMSE | myFM RMSE | bayesfm LPD "
-        "| myFM LPD | bayesfm s (compile) | myFM s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| features | split | sweeps (kept) | chains | sampler | bayesfm RMSE | myFM RMSE "
+        "| bayesfm LPD | myFM LPD | bayesfm s (compile) | myFM s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(rows, key=lambda k: (rows[k]["features"], rows[k]["sweeps"], k)):
+    order = {k: (r["features"], r["sweeps"], _chains(r), r["split"]) for k, r in rows.items()}
+    for key in sorted(rows, key=order.__getitem__):
         r = rows[key]
         b, m = r["bayesfm"], r["myfm"]
         lines.append(
-            f"| {r['features']} | {r['split']} | {r['sweeps']} ({r['kept']}) | {_sampler(r)} "
+            f"| {r['features']} | {r['split']} | {r['sweeps']} ({r['kept']}) | {_chains(r)} "
+            f"| {_sampler(r)} "
             f"| {b['rmse']:.4f} "
             f"| {m['rmse']:.4f} | {b['mlpd']:.4f} | {m['mlpd']:.4f} "
             f"| {b['fit_s']:.1f} ({b['compile_s']:.1f}) | {m['fit_s']:.1f} |"

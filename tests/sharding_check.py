@@ -101,6 +101,8 @@ gibbs = bfm.GibbsConfig(num_warmup=3, num_samples=3, num_chains=2)
 a, b = fit(None, gibbs), fit(2, gibbs)
 out["gibbs_sigma"] = rel(b.draws_.samples["sigma"], a.draws_.samples["sigma"])
 out["gibbs_predict"] = rel(b.predict(X.iloc[:50]), a.predict(X.iloc[:50]))
+# the pointwise groups, from the latent the sampler kept of each (padded, sharded) row
+out["gibbs_loglik"] = rel(b.idata_.log_likelihood["y"], a.idata_.log_likelihood["y"])
 # chains spread over the two devices (pmap), rows on one device
 nuts = bfm.NUTSConfig(
     num_warmup=10, num_samples=20, num_chains=2, chain_method="parallel", init_svi_steps=0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import arviz as az
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from scipy.stats import norm
 
 import bayesfm as bfm
+from bayesfm.diagnostics import ConvergenceWarning
 
 FIT_GROUPS = {
     "posterior",
@@ -78,6 +80,57 @@ def test_log_likelihood_matches_the_gaussian_density_of_the_latent_draws(nuts_fm
     expected = norm.logpdf(y, latent, sigma)
     got = nuts_fm.idata_.log_likelihood["y"].values[..., :40]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def _recomputed_pointwise(model, X, y):
+    """The fit's InferenceData built again with every draw's training predictions computed
+    from the stored draws (the path of samplers that do not keep them)."""
+    assert model.draws_.latent is None  # the fit drops the sampler's copy once used
+    return model._inference_data(X, np.asarray(y), model.encoder_.transform(X))
+
+
+def test_gibbs_pointwise_groups_from_the_sampler_equal_recomputed_ones(gibbs_fm, synthetic_split):
+    """The Gibbs fit scores the training rows with the latent values its sweeps kept; they
+    are the predictions of the kept draws, row by row, chain by chain (2 chains, vmapped)."""
+    data, train, _ = synthetic_split
+    X, y = data.X[train], data.y[train]
+    again = _recomputed_pointwise(gibbs_fm, X, y)
+    for group in ("log_likelihood", "posterior_predictive"):
+        np.testing.assert_allclose(
+            gibbs_fm.idata_[group]["y"].values, again[group]["y"].values, rtol=1e-4, atol=2e-4
+        )
+    np.testing.assert_array_equal(gibbs_fm.idata_.posterior["probe"], again.posterior["probe"])
+
+
+def test_ordinal_gibbs_keeps_the_latent_of_the_kept_sweeps(monkeypatch):
+    """Ordinal task (the sweep's y holds utilities), thinning, two chains in sequence: the
+    fit recomputes no training row, and its pointwise groups equal the recomputed ones."""
+    from bayesfm.predict import PredictiveEngine
+
+    data = bfm.datasets.make_synthetic(n_users=30, n_items=20, n_obs=400, rank=2, seed=3)
+    X, labels = data.X, np.digitize(data.y, np.quantile(data.y, [0.3, 0.7]))
+    asked = []
+    original = PredictiveEngine.iter_latent
+
+    def recording(self, enc, seed):
+        asked.append(enc.n_rows)
+        return original(self, enc, seed)
+
+    monkeypatch.setattr(PredictiveEngine, "iter_latent", recording)
+    cfg = bfm.GibbsConfig(
+        num_warmup=20, num_samples=15, thinning=2, num_chains=2, chain_method="sequential"
+    )
+    model = bfm.BayesianMF(rank=2, task="ordinal", inference=cfg, progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 2 x 15 draws: a smoke-size fit
+        model.fit(X, labels)
+    assert asked == [len(model.probe_)]  # the probe cells only
+    again = _recomputed_pointwise(model, X, labels)
+    assert asked[-1] == len(X) + len(model.probe_)
+    for group in ("log_likelihood", "posterior_predictive"):
+        np.testing.assert_allclose(
+            model.idata_[group]["y"].values, again[group]["y"].values, rtol=1e-4, atol=2e-4
+        )
 
 
 def test_loo_runs_on_the_stored_log_likelihood(gibbs_fm):

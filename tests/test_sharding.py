@@ -53,7 +53,7 @@ def test_sharded_statistics_equal_single_device(two_device_results, quantity):
     assert two_device_results[quantity] < 1e-5, two_device_results[quantity]
 
 
-@pytest.mark.parametrize("quantity", ["gibbs_sigma", "gibbs_predict"])
+@pytest.mark.parametrize("quantity", ["gibbs_sigma", "gibbs_predict", "gibbs_loglik"])
 def test_fits_with_data_devices_equal_single_device_fits(two_device_results, quantity):
     """The estimator's sharded Gibbs path; its SVI path is compared over two processes."""
     assert two_device_results[quantity] < 1e-4, two_device_results[quantity]

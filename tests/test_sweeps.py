@@ -84,6 +84,36 @@ def test_progress_bar_chunks_continue_the_same_chain(toy_gibbs_problem, capsys):
     assert "Gibbs chains 0-1" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+@pytest.mark.parametrize("vectorized", [True, False], ids=["vmap", "seq"])
+def test_extra_fields_are_collected_at_the_kept_sweeps(toy_gibbs_problem, vectorized):
+    """The latent field of ``collect_latent`` comes back per chain and kept draw, and is the
+    predictor at that draw's values; collecting it changes a sweep by round-off only."""
+    from bayesfm.fm import mf_predictor
+
+    spec, args = toy_gibbs_problem
+    collecting = FMGibbs(spec, collect_latent=True)
+    one = dict(num_warmup=0, num_samples=1, num_chains=2, vectorized=vectorized)
+    plain = run_kernel(FMGibbs(spec), args, jax.random.PRNGKey(3), **one)
+    draws, _ = run_kernel(collecting, args, jax.random.PRNGKey(3), extra_fields=("latent",), **one)
+    for site in plain:
+        np.testing.assert_allclose(draws[site], plain[site], rtol=1e-4, atol=1e-5, err_msg=site)
+    common = dict(
+        num_warmup=WARMUP, num_samples=KEPT, thinning=THIN, num_chains=2, vectorized=vectorized
+    )
+    draws, extra = run_kernel(
+        collecting, args, jax.random.PRNGKey(3), extra_fields=("latent",), **common
+    )
+    data, offset, y = args
+    assert extra["latent"].shape == (2, KEPT, len(y))
+    for c in range(2):
+        for d in (0, KEPT - 1):
+            params = {k: v[c, d] for k, v in draws.items()}
+            expected = offset + mf_predictor(params, data, spec.structure)
+            np.testing.assert_allclose(extra["latent"][c, d], expected, rtol=1e-5, atol=1e-5)
+    assert np.std(extra["latent"][:, :, 0]) > 1e-2  # a different value at every draw
+
+
 def test_chain_devices_must_divide_the_chains(toy_gibbs_problem):
     spec, args = toy_gibbs_problem
     with pytest.raises(ValueError, match="chain_devices: got 2; it must divide .* \\(3\\)"):
