@@ -7,12 +7,16 @@ sweeps), so this study reruns the FM systems of the suite, same features and sam
 one after the other in the same process, so that the time ratio is meaningful. The doc puts
 the suite's 200-sweep rows of the same folds beside them.
 
+``--chains n`` runs n Gibbs chains of bayesfm (one program) against n myFM runs with seeds
+0 to n - 1 (one after the other); each pools its chains' kept samples.
+
 Writes ``benchmarks/results/sweeps.json`` (merged across invocations, keyed by features,
-sweeps and split) and ``docs/benchmarks_sweeps.md``.
+sweeps, chains and split) and ``docs/benchmarks_sweeps.md``.
 
 Usage::
 
     python -m benchmarks.sweeps_movielens --sweeps 512 --burn-in 100
+    python -m benchmarks.sweeps_movielens --features fm_full --sweeps 512 --burn-in 100 --chains 4
     python -m benchmarks.sweeps_movielens --doc-only
     python -m benchmarks.sweeps_movielens --quick    # tiny smoke run (no doc); CI runs it
 """
