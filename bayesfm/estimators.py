@@ -455,8 +455,10 @@ class BayesianFM:
             sweeps = cfg.num_warmup + cfg.num_samples * cfg.thinning
             unroll = unroll_entity_draws(spec, sweeps, cfg.num_chains)
             # the sampler hands back the training rows' latent values for the pointwise
-            # groups (MovieLens ua MF, 4 x 700 sweeps: recomputing them took 6.5 s)
-            kernel = FMGibbs(spec, mesh, unroll, collect_latent=self.store_pointwise)
+            # groups (MovieLens ua MF, 4 x 700 sweeps: recomputing them took 6.5 s). Over
+            # several processes each holds only its own rows of them: recompute there
+            collect = self.store_pointwise and jax.process_count() == 1
+            kernel = FMGibbs(spec, mesh, unroll, collect_latent=collect)
             return run_gibbs(kernel, args, cfg, key)
         nuts_spec = replace(spec, prior=replace(spec.prior, parametrization=cfg.parametrization))
         init = None
