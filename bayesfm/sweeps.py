@@ -116,6 +116,12 @@ def run_kernel(
     )
     init = partial(_init, kernel, num_warmup=num_warmup, batched=batch > 1)
     shapes = jax.eval_shape(init, keys[:batch], model_args)
+    unknown = [f for f in extra_fields if f == kernel.sample_field or not hasattr(shapes, f)]
+    if unknown:
+        known = [f for f in getattr(shapes, "_fields", ()) if f != kernel.sample_field]
+        raise ValueError(
+            f"extra_fields: got {unknown!r}; the kernel's state has the extra fields {known!r}"
+        )
     fields = (kernel.sample_field, *extra_fields)
     stops = _chunk_stops(total, _PROGRESS_CHUNKS if progress_bar else 1)
     runs = []

@@ -114,6 +114,21 @@ def test_extra_fields_are_collected_at_the_kept_sweeps(toy_gibbs_problem, vector
     assert np.std(extra["latent"][:, :, 0]) > 1e-2  # a different value at every draw
 
 
+def test_unknown_extra_fields_are_refused(toy_gibbs_problem):
+    spec, args = toy_gibbs_problem
+    with pytest.raises(
+        ValueError, match=r"extra_fields: got \['tree_depth'\]; .* \['rng_key', 'latent'\]"
+    ):
+        run_kernel(
+            FMGibbs(spec),
+            args,
+            jax.random.PRNGKey(0),
+            num_warmup=1,
+            num_samples=1,
+            extra_fields=("tree_depth",),
+        )
+
+
 def test_chain_devices_must_divide_the_chains(toy_gibbs_problem):
     spec, args = toy_gibbs_problem
     with pytest.raises(ValueError, match="chain_devices: got 2; it must divide .* \\(3\\)"):
